@@ -1,0 +1,3 @@
+from acme_orders.cli import main
+
+main()

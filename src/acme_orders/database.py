@@ -1,0 +1,166 @@
+"""PostgreSQL access shared by every service: the connection pool and schema migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from importlib import resources
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from acme_orders.settings import Settings
+
+# A connection of its own or one borrowed from a pool: handlers take either.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+logger = logging.getLogger(__name__)
+
+BASELINE = "init.sql"
+# Any key will do, as long as every migrating process uses the same one.
+_MIGRATION_LOCK_KEY = 0x0ACE_0DE5
+
+
+async def create_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int | None = None
+) -> asyncpg.Pool:
+    """A pool of connections; with min_size=0 it opens none up front, so it can be created while
+    the database is down (the API starts anyway and answers 503 until the database is back)."""
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=min_size,
+        max_size=max_size or settings.db_pool_size,
+        # A dead server must not hang a request or a handler forever.
+        timeout=10,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+def migrations_dir() -> Path:
+    """Where the SQL files are: inside the installed package (a wheel carries a copy of db/), or
+    the repository's db/ for an editable install, which does not see that copy."""
+    packaged = Path(str(resources.files("acme_orders").joinpath("migrations")))
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "db"
+
+
+def migration_files(directory: Path) -> list[Path]:
+    """The baseline first, then the numbered files (``002_add_x.sql``) in numeric order."""
+    numbered = sorted(
+        (p for p in directory.glob("*.sql") if re.match(r"^\d+_", p.name)),
+        key=lambda p: int(p.name.split("_", 1)[0]),
+    )
+    return [directory / BASELINE, *numbered]
+
+
+async def migrate(settings: Settings) -> list[str]:
+    """Bring the schema up to date and load the catalogue; returns the files applied.
+
+    The baseline (init.sql) is idempotent and re-applied every time; each numbered file is applied
+    once and recorded in schema_migrations. An advisory lock lets several processes migrate at once.
+    """
+    await ensure_database(settings)
+    applied: list[str] = []
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                filename    text PRIMARY KEY,
+                checksum    text NOT NULL,
+                applied_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+            )
+            """
+        )
+        done = {
+            r["filename"]: r["checksum"]
+            for r in await conn.fetch("SELECT filename, checksum FROM schema_migrations")
+        }
+        for path in migration_files(migrations_dir()):
+            sql = path.read_text(encoding="utf-8")
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if path.name != BASELINE and path.name in done:
+                if done[path.name] != checksum:
+                    raise RuntimeError(
+                        f"{path.name} changed after it was applied; add a new numbered file instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    """
+                    INSERT INTO schema_migrations (filename, checksum) VALUES ($1, $2)
+                    ON CONFLICT (filename) DO UPDATE
+                        SET checksum = EXCLUDED.checksum, applied_at = clock_timestamp()
+                    """,
+                    path.name,
+                    checksum,
+                )
+            applied.append(path.name)
+            logger.info("applied %s", path.name)
+    finally:
+        await conn.close()
+    return applied
+
+
+def admin_url(settings: Settings) -> str:
+    """The DSN used to create a missing database: DATABASE_ADMIN_URL, or the superuser postgres on
+    the server of DATABASE_URL."""
+    if settings.database_admin_url:
+        return settings.database_admin_url
+    parts = urlsplit(settings.database_url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"postgres@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, "/postgres", parts.query, ""))
+
+
+async def ensure_database(settings: Settings) -> None:
+    """Create the role and database of DATABASE_URL when they are missing and the server lets us."""
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=10)
+    except (
+        asyncpg.InvalidCatalogNameError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidPasswordError,
+    ) as missing:
+        logger.info("database not reachable as configured (%s); trying to create it", missing)
+    else:
+        await conn.close()
+        return
+
+    parts = urlsplit(settings.database_url)
+    role = unquote(parts.username or "postgres")
+    password = unquote(parts.password) if parts.password else None
+    database = unquote(parts.path.lstrip("/")) or role
+    try:
+        admin = await asyncpg.connect(admin_url(settings), timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RuntimeError(
+            f"database {database!r} or role {role!r} is missing and cannot be created "
+            f"({exc}); create them, or set DATABASE_ADMIN_URL to a role that can"
+        ) from exc
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            # format() quotes on the server side: %I for identifiers, %L for literals.
+            statement = await admin.fetchval(
+                "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+                role,
+                password,
+            )
+            await admin.execute(statement)
+            logger.info("created role %s", role)
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            statement = await admin.fetchval(
+                "SELECT format('CREATE DATABASE %I OWNER %I', $1::text, $2::text)", database, role
+            )
+            await admin.execute(statement)
+            logger.info("created database %s", database)
+    finally:
+        await admin.close()

@@ -1,0 +1,138 @@
+"""The event contracts: every event the system publishes, defined once.
+
+Each event is a frozen model whose JSON is the message body (the envelope fields `event_id`,
+`event_type`, `occurred_at`, `order_id` and `version`, then the event's data), published on the
+topic exchange `acme.events` with the routing key beside the model. The README's event catalogue
+is checked against this module by a test.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+EXCHANGE = "acme.events"
+
+Quantity = Annotated[int, Field(gt=0)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OrderLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sku: str
+    qty: Quantity
+    unit_price: Money
+
+
+class StockLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sku: str
+    qty: Quantity
+
+
+class StockShortage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    sku: str
+    requested: Quantity
+    available: int
+
+
+class Event(BaseModel):
+    """The envelope every event shares."""
+
+    # Readers tolerate fields they do not know, so a producer may add data without a new version.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    routing_key: ClassVar[str]
+
+    event_id: UUID = Field(default_factory=uuid4)
+    event_type: str
+    occurred_at: AwareDatetime = Field(default_factory=_now)
+    order_id: UUID
+    version: Literal[1] = 1
+
+
+class OrderPlaced(Event):
+    """An order was accepted by the API and waits for stock."""
+
+    routing_key: ClassVar[str] = "order.placed"
+    event_type: Literal["OrderPlaced"] = "OrderPlaced"
+    customer_id: str
+    email: str
+    items: Annotated[tuple[OrderLine, ...], Field(min_length=1)]
+    total: Money
+
+
+class InventoryReserved(Event):
+    """Every line of the order is reserved; the order can be charged."""
+
+    routing_key: ClassVar[str] = "inventory.reserved"
+    event_type: Literal["InventoryReserved"] = "InventoryReserved"
+    customer_id: str
+    email: str
+    items: Annotated[tuple[OrderLine, ...], Field(min_length=1)]
+    total: Money
+
+
+class OrderOutOfStock(Event):
+    """At least one line could not be reserved, so nothing was."""
+
+    routing_key: ClassVar[str] = "order.out_of_stock"
+    event_type: Literal["OrderOutOfStock"] = "OrderOutOfStock"
+    customer_id: str
+    email: str
+    shortages: Annotated[tuple[StockShortage, ...], Field(min_length=1)]
+
+
+class InventoryReleased(Event):
+    """The stock reserved for an order whose payment failed is back on the shelf."""
+
+    routing_key: ClassVar[str] = "inventory.released"
+    event_type: Literal["InventoryReleased"] = "InventoryReleased"
+    items: Annotated[tuple[StockLine, ...], Field(min_length=1)]
+
+
+class PaymentCompleted(Event):
+    """The order was charged."""
+
+    routing_key: ClassVar[str] = "payment.completed"
+    event_type: Literal["PaymentCompleted"] = "PaymentCompleted"
+    customer_id: str
+    email: str
+    amount: Money
+    payment_id: UUID
+
+
+class PaymentFailed(Event):
+    """The charge was declined; the reserved stock is to be released."""
+
+    routing_key: ClassVar[str] = "payment.failed"
+    event_type: Literal["PaymentFailed"] = "PaymentFailed"
+    customer_id: str
+    email: str
+    amount: Money
+    reason: str
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    OrderPlaced,
+    InventoryReserved,
+    OrderOutOfStock,
+    InventoryReleased,
+    PaymentCompleted,
+    PaymentFailed,
+)
+EVENT_TYPE_BY_NAME: dict[str, type[Event]] = {
+    cls.model_fields["event_type"].default: cls for cls in EVENT_TYPES
+}

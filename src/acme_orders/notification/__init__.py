@@ -1,0 +1,1 @@
+"""Notification: tells the customer how their order ended (a simulated e-mail)."""

@@ -1,0 +1,88 @@
+"""The e-mails the customer gets, one per order outcome, and how they are "sent"."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from acme_orders.database import Connection
+from acme_orders.events import Event, OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.orders import lock_order
+from acme_orders.privacy import mask_email
+
+logger = logging.getLogger(__name__)
+
+OrderOutcome = PaymentCompleted | PaymentFailed | OrderOutOfStock
+
+
+@dataclass(frozen=True, slots=True)
+class Email:
+    kind: str
+    title: str
+    recipient: str
+    subject: str
+    body: str
+
+
+def compose_email(event: OrderOutcome) -> Email:
+    order = str(event.order_id)
+    match event:
+        case PaymentCompleted():
+            return Email(
+                "order_paid",
+                "Order Paid",
+                event.email,
+                f"Your Acme order {order} is paid",
+                f"We received your payment of {event.amount} for order {order}. "
+                "We are packing it now.",
+            )
+        case PaymentFailed():
+            return Email(
+                "payment_failed",
+                "Payment Failed",
+                event.email,
+                f"Payment for your Acme order {order} failed",
+                f"We could not charge {event.amount} for order {order} ({event.reason}). "
+                "Nothing was charged and the order is cancelled.",
+            )
+        case OrderOutOfStock():
+            missing = ", ".join(
+                f"{s.sku} (wanted {s.requested}, {s.available} left)" for s in event.shortages
+            )
+            return Email(
+                "out_of_stock",
+                "Out of Stock",
+                event.email,
+                f"Your Acme order {order} could not be fulfilled",
+                f"Sorry: not enough stock for {missing}. Nothing was charged.",
+            )
+
+
+async def send_notification(event: OrderOutcome, tx: Connection) -> Sequence[Event]:
+    """Record the e-mail and "send" it: a log line, with the recipient masked."""
+    await lock_order(tx, event.order_id)
+    email = compose_email(event)
+    stored = await tx.fetchval(
+        """
+        INSERT INTO notifications (order_id, kind, recipient, subject, body)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (order_id, kind) DO NOTHING
+        RETURNING id
+        """,
+        event.order_id,
+        email.kind,
+        email.recipient,
+        email.subject,
+        email.body,
+    )
+    if stored is None:
+        logger.info("order %s was already told %s; not sending again", event.order_id, email.kind)
+    else:
+        logger.info(
+            "%s: e-mail sent to %s for order %s",
+            email.title,
+            mask_email(email.recipient),
+            event.order_id,
+        )
+    return []

@@ -1,0 +1,36 @@
+"""The notification process: its queue and how its handler is wired to it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from acme_orders.consumer import Consumer, Route, serve_consumers
+from acme_orders.events import OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.messaging import QueueSpec
+from acme_orders.notification.email import send_notification
+from acme_orders.settings import Settings
+
+SERVICE = "notification"
+# "payment.*": every payment outcome, present and future, reaches this queue.
+ORDER_OUTCOME_QUEUE = QueueSpec(
+    "notification.order.outcome", ("payment.*", OrderOutOfStock.routing_key)
+)
+QUEUES = (ORDER_OUTCOME_QUEUE,)
+
+
+def consumers() -> list[Consumer]:
+    return [
+        Consumer(
+            SERVICE,
+            ORDER_OUTCOME_QUEUE,
+            [
+                Route(PaymentCompleted, send_notification),
+                Route(PaymentFailed, send_notification),
+                Route(OrderOutOfStock, send_notification),
+            ],
+        )
+    ]
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    await serve_consumers(settings, stop, SERVICE, consumers())

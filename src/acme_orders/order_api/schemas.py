@@ -1,0 +1,101 @@
+"""What the API accepts and returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+
+from acme_orders.orders import OrderStatus
+
+# Bounds that keep a request sane and every value inside its column.
+MAX_QTY_PER_LINE = 1000
+MAX_LINES = 50
+
+Sku = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^\S+$")
+]
+CustomerId = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+]
+
+
+class OrderLineIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sku: Sku
+    # strict: 2.0, "2" and true are not quantities.
+    qty: Annotated[int, Field(strict=True, ge=1, le=MAX_QTY_PER_LINE)]
+
+
+class PlaceOrder(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "C100",
+                    "email": "c100@example.com",
+                    "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
+                }
+            ]
+        },
+    )
+
+    customer_id: CustomerId
+    email: Annotated[EmailStr, Field(max_length=254)]
+    items: Annotated[list[OrderLineIn], Field(min_length=1, max_length=MAX_LINES)]
+
+    @model_validator(mode="after")
+    def one_line_per_sku(self) -> PlaceOrder:
+        seen: set[str] = set()
+        for line in self.items:
+            if line.sku in seen:
+                raise ValueError(
+                    f"sku {line.sku} appears twice; put its whole quantity on one line"
+                )
+            seen.add(line.sku)
+        return self
+
+
+class OrderLineOut(BaseModel):
+    sku: str
+    qty: int
+    unit_price: Decimal
+    line_total: Decimal
+
+
+class OrderOut(BaseModel):
+    id: UUID
+    customer_id: str
+    email: str
+    status: OrderStatus
+    items: list[OrderLineOut]
+    total: Decimal
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderPage(BaseModel):
+    items: list[OrderOut]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last one.")
+
+
+class ProductOut(BaseModel):
+    sku: str
+    name: str
+    price: Decimal
+    stock_qty: int
+
+
+class Health(BaseModel):
+    status: str
+    database: str

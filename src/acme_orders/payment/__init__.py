@@ -1,0 +1,1 @@
+"""Payment: charges orders whose stock is reserved (a simulation)."""

@@ -1,0 +1,1 @@
+"""Publisher: relays the outbox to RabbitMQ."""

@@ -1,0 +1,83 @@
+"""The outbox relay: NEW rows go to `acme.events`, and become SENT once the broker confirmed them.
+
+A batch is claimed with FOR UPDATE SKIP LOCKED inside a transaction that stays open while its
+messages are published: a publisher that dies mid-batch leaves its rows NEW for the next one (which
+publishes them again with the same event_id; consumers ignore what they have already handled), and
+several publishers share the work without ever holding the same row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import asyncpg
+from aio_pika.abc import AbstractExchange
+
+from acme_orders.messaging import outbox_message
+from acme_orders.outbox import claim_new_events, mark_sent
+from acme_orders.runtime import retry_until_ready, wait_any
+from acme_orders.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_CHANNEL = "event_outbox"
+# A publish not confirmed by then is treated as failed, so that a stalled broker cannot hold the
+# batch's row locks forever.
+CONFIRM_TIMEOUT = 30.0
+
+
+async def relay_outbox_batch(pool: asyncpg.Pool, exchange: AbstractExchange, limit: int) -> int:
+    """Publish up to `limit` NEW events, oldest first; returns how many were relayed."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await claim_new_events(conn, limit)
+        if not rows:
+            return 0
+        # All in flight at once, settled by their confirms. They leave in id order: each publish
+        # is queued on the channel in the order the tasks start, which is the order given here.
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    outbox_message(row),
+                    routing_key=row.routing_key,
+                    # An event nobody subscribes to yet (inventory.released) is dropped, not
+                    # returned: that is pub/sub, not an error.
+                    mandatory=False,
+                    timeout=CONFIRM_TIMEOUT,
+                )
+                for row in rows
+            )
+        )
+        await mark_sent(conn, [row.id for row in rows])
+    counts = Counter(row.routing_key for row in rows)
+    logger.info(
+        "relayed %d events (%s)",
+        len(rows),
+        ", ".join(f"{key} {n}" for key, n in sorted(counts.items())),
+    )
+    return len(rows)
+
+
+async def listen_for_outbox(settings: Settings, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
+    """Keep a LISTEN on the outbox channel and set `wakeup` on every NOTIFY, reconnecting when the
+    connection is lost."""
+    while not stop.is_set():
+        conn = await retry_until_ready(
+            lambda: asyncpg.connect(settings.database_url, timeout=10),
+            "PostgreSQL (LISTEN)",
+            stop,
+        )
+        if conn is None:
+            return
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+        try:
+            await conn.add_listener(OUTBOX_CHANNEL, lambda *_args: wakeup.set())
+            # Rows may have arrived while nobody was listening.
+            wakeup.set()
+            await wait_any(stop, lost)
+            if lost.is_set() and not stop.is_set():
+                logger.warning("LISTEN connection lost; reconnecting")
+        finally:
+            await conn.close(timeout=5)

@@ -1,0 +1,64 @@
+"""The publisher process: relays the outbox until stopped, woken by NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from aio_pika.abc import AbstractExchange
+
+from acme_orders.database import create_pool
+from acme_orders.messaging import connect, declare_exchange
+from acme_orders.publisher.relay import listen_for_outbox, relay_outbox_batch
+from acme_orders.runtime import retry_until_ready, wait_any, wait_or_stop
+from acme_orders.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "publisher"
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    pool = await retry_until_ready(lambda: create_pool(settings, max_size=2), "PostgreSQL", stop)
+    if pool is None:
+        return
+    try:
+        connection = await retry_until_ready(lambda: connect(settings, SERVICE), "RabbitMQ", stop)
+        if connection is None:
+            return
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await declare_exchange(channel)
+            await relay_until_stopped(settings, pool, exchange, stop)
+        finally:
+            await connection.close()
+    finally:
+        await pool.close()
+
+
+async def relay_until_stopped(
+    settings: Settings, pool: asyncpg.Pool, exchange: AbstractExchange, stop: asyncio.Event
+) -> None:
+    wakeup = asyncio.Event()
+    listener = asyncio.create_task(listen_for_outbox(settings, wakeup, stop))
+    pause = 0.1
+    try:
+        while not stop.is_set():
+            wakeup.clear()
+            try:
+                relayed = await relay_outbox_batch(pool, exchange, settings.outbox_batch_size)
+            except Exception as exc:
+                # The broker or the database is away; the rows stay NEW until they are back.
+                logger.warning("relay failed (%r); retrying in %.1fs", exc, pause)
+                await wait_or_stop(stop, pause)
+                pause = min(pause * 2, 10.0)
+                continue
+            pause = 0.1
+            if relayed == settings.outbox_batch_size:
+                continue  # a full batch: there is probably more
+            # Asleep until a NOTIFY, a stop, or the slow poll that covers a missed NOTIFY.
+            await wait_any(wakeup, stop, within=settings.outbox_poll_interval)
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)

@@ -1,0 +1,87 @@
+"""What every service process shares: logging, the event loop, signals, start-up retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import uvloop
+
+from acme_orders.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def configure_logging(service: str, level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s %(levelname)-7s {service:<12} %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # aio-pika and aiormq narrate every reconnect attempt at INFO; we log our own summary.
+    for noisy in ("aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_service(service: str, main: ServiceMain) -> None:
+    """Run one service until SIGTERM or SIGINT, which set the stop event it is given."""
+    settings = get_settings()
+    configure_logging(service, settings.log_level)
+
+    async def supervise() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        logger.info("starting")
+        await main(settings, stop)
+        logger.info("stopped")
+
+    uvloop.run(supervise())
+
+
+async def retry_until_ready(
+    connect: Callable[[], Awaitable[T]],
+    what: str,
+    stop: asyncio.Event,
+    *,
+    first_delay: float = 0.5,
+    max_delay: float = 10.0,
+) -> T | None:
+    """Call `connect` until it succeeds, backing off exponentially; None if asked to stop first."""
+    delay = first_delay
+    while not stop.is_set():
+        try:
+            return await connect()
+        # Broad on purpose: asyncpg and aiormq each raise their own classes for a server that is
+        # down, starting or refusing us, and all of them mean "try again later" here.
+        except Exception as exc:
+            logger.warning("%s not reachable (%r); retrying in %.1fs", what, exc, delay)
+        await wait_or_stop(stop, delay)
+        delay = min(delay * 2, max_delay)
+    return None
+
+
+async def wait_any(*events: asyncio.Event, within: float | None = None) -> None:
+    """Wait until one of the events is set, or `within` seconds pass."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`, returning early (True) when asked to stop."""
+    await wait_any(stop, within=seconds)
+    return stop.is_set()
