@@ -63,7 +63,7 @@ def run(service: str) -> int:
 
 def run_all() -> int:
     """Each service in its own process; SIGINT or SIGTERM stops them all, and so does any one of
-    them exiting (the survivors are stopped and its exit code returned)."""
+    them exiting. Returns 0 only when every service stopped cleanly."""
     settings = get_settings()
     configure_logging("run-all", settings.log_level)
     children = {
@@ -96,11 +96,14 @@ def run_all() -> int:
     deadline = time.monotonic() + settings.shutdown_timeout + 5
     for name, child in children.items():
         try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            code = child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             logger.warning("%s did not stop in time; killing it", name)
             child.kill()
-            child.wait()
+            code = child.wait()
+        if code != 0:
+            logger.warning("%s exited with code %s", name, code)
+            exit_code = exit_code or code
     logger.info("all services stopped")
     return exit_code
 

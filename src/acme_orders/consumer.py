@@ -261,7 +261,7 @@ async def serve_consumers(
                 runner = ConsumerRunner(consumer, pool, dead_letters, stop)
                 tag = await queue.consume(runner.on_message)
                 runners.append((runner, queue, tag))
-                logger.info("consuming %s", consumer.queue.name)
+            logger.info("ready: consuming %s", ", ".join(c.queue.name for c in consumers))
 
             await stop.wait()
             for _, queue, tag in runners:

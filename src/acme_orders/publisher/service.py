@@ -30,6 +30,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         try:
             channel = await connection.channel(publisher_confirms=True)
             exchange = await declare_exchange(channel)
+            logger.info("ready: relaying the outbox to %s", exchange.name)
             await relay_until_stopped(settings, pool, exchange, stop)
         finally:
             await connection.close()

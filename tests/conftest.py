@@ -1,0 +1,81 @@
+"""Fixtures shared by every test that talks to the real servers."""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.settings import Settings
+from tests.environment import (
+    TestEnvironment,
+    create_environment,
+    drop_environment,
+    sweep_abandoned_environments,
+)
+from tests.processes import clear_output
+
+NewProduct = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_output() -> None:
+    clear_output()
+
+
+@pytest.fixture(scope="session")
+async def session_env() -> AsyncIterator[TestEnvironment]:
+    """This run's database and vhost, migrated, with the consumers' queues declared."""
+    await sweep_abandoned_environments()
+    env = await create_environment(CONSUMER_QUEUES)
+    yield env
+    await drop_environment(env.name)
+
+
+@pytest.fixture
+async def fresh_env() -> AsyncIterator[TestEnvironment]:
+    """A database and vhost of the test's own, for tests that must see nobody else's events."""
+    env = await create_environment(CONSUMER_QUEUES)
+    yield env
+    await drop_environment(env.name)
+
+
+@pytest.fixture(scope="session")
+def settings(session_env: TestEnvironment) -> Settings:
+    return session_env.settings()
+
+
+@pytest.fixture(scope="session")
+async def pool(session_env: TestEnvironment) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(session_env.database_url, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+async def add_product(pool: asyncpg.Pool, stock: int, price: Decimal = Decimal("10.00")) -> str:
+    """A product of the test's own, so its stock assertions see no other test's orders."""
+    sku = f"TEST-{secrets.token_hex(5).upper()}"
+    await pool.execute(
+        "INSERT INTO products (sku, name, price, stock_qty) VALUES ($1, $2, $3, $4)",
+        sku,
+        f"test product {sku}",
+        price,
+        stock,
+    )
+    return sku
+
+
+@pytest.fixture
+def new_product(pool: asyncpg.Pool) -> NewProduct:
+    return functools.partial(add_product, pool)
+
+
+async def stock_of(pool: asyncpg.Pool, sku: str) -> int:
+    stock: int = await pool.fetchval("SELECT stock_qty FROM products WHERE sku = $1", sku)
+    return stock

@@ -1,0 +1,301 @@
+"""The Order API against the real database (in-process, over ASGI)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
+
+import asyncpg
+import httpx
+import pytest
+
+from acme_orders.order_api.app import create_app
+from acme_orders.settings import Settings
+from tests.conftest import NewProduct, stock_of
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings.model_copy(update={"max_request_bytes": 4096}))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        yield client
+
+
+def order_body(sku: str, qty: int = 1, customer: str = "C100") -> dict[str, object]:
+    return {
+        "customer_id": customer,
+        "email": "c100@example.com",
+        "items": [{"sku": sku, "qty": qty}],
+    }
+
+
+async def counts(pool: asyncpg.Pool) -> tuple[int, int, int]:
+    row = await pool.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM order_items),
+               (SELECT count(*) FROM event_outbox)
+        """
+    )
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def test_place_order_stores_order_items_and_event_together(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=10)
+    other = await new_product(stock=10)
+    body = {
+        "customer_id": "C100",
+        "email": "c100@example.com",
+        "items": [{"sku": sku, "qty": 2}, {"sku": other, "qty": 1}],
+    }
+
+    response = await api.post("/orders", json=body)
+
+    assert response.status_code == 201, response.text
+    order = response.json()
+    assert response.headers["location"] == f"/orders/{order['id']}"
+    assert order["status"] == "pending"
+    assert order["total"] == "30.00"
+    assert {(i["sku"], i["qty"], i["unit_price"]) for i in order["items"]} == {
+        (sku, 2, "10.00"),
+        (other, 1, "10.00"),
+    }
+    event = await pool.fetchrow(
+        "SELECT event_type, routing_key, status, payload FROM event_outbox WHERE order_id = $1",
+        UUID(order["id"]),
+    )
+    assert event is not None
+    assert (event["event_type"], event["routing_key"], event["status"]) == (
+        "OrderPlaced",
+        "order.placed",
+        "NEW",
+    )
+    payload = json.loads(event["payload"])
+    assert payload["order_id"] == order["id"]
+    assert payload["version"] == 1
+    assert {(i["sku"], i["qty"]) for i in payload["items"]} == {(sku, 2), (other, 1)}
+    # Placing an order reserves nothing yet: that is the inventory's job.
+    assert await stock_of(pool, sku) == 10
+
+
+async def test_get_order_returns_items_total_and_timestamps(
+    api: httpx.AsyncClient, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=5)
+    placed = (await api.post("/orders", json=order_body(sku, 3))).json()
+
+    response = await api.get(f"/orders/{placed['id']}")
+
+    assert response.status_code == 200
+    order = response.json()
+    assert order == placed
+    assert order["items"] == [{"sku": sku, "qty": 3, "unit_price": "10.00", "line_total": "30.00"}]
+    assert order["created_at"]
+    assert order["updated_at"]
+
+
+async def test_unknown_order_is_404_and_malformed_id_is_422(api: httpx.AsyncClient) -> None:
+    missing = await api.get(f"/orders/{uuid4()}")
+    assert missing.status_code == 404
+    assert "not found" in missing.json()["detail"]
+
+    malformed = await api.get("/orders/not-a-uuid")
+    assert malformed.status_code == 422
+
+
+async def test_list_orders_filters_by_customer_and_status_and_pages(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=50)
+    customer = f"C-{uuid4().hex[:8]}"
+    ids = [
+        (await api.post("/orders", json=order_body(sku, 1, customer))).json()["id"]
+        for _ in range(5)
+    ]
+    await pool.execute("UPDATE orders SET status = 'out_of_stock' WHERE id = $1", UUID(ids[0]))
+
+    first = (await api.get("/orders", params={"customer_id": customer, "limit": 3})).json()
+    second = (
+        await api.get("/orders", params={"customer_id": customer, "limit": 3, "offset": 3})
+    ).json()
+    out_of_stock = (
+        await api.get("/orders", params={"customer_id": customer, "status": "out_of_stock"})
+    ).json()
+
+    assert [o["id"] for o in first["items"] + second["items"]] == ids[::-1]
+    assert first["next_offset"] == 3
+    assert second["next_offset"] is None
+    assert [o["id"] for o in out_of_stock["items"]] == [ids[0]]
+    bad_status = await api.get("/orders", params={"status": "shipped"})
+    assert bad_status.status_code == 422
+
+
+async def test_products_lists_the_seeded_catalogue(api: httpx.AsyncClient) -> None:
+    response = await api.get("/products")
+
+    assert response.status_code == 200
+    products = {p["sku"]: p for p in response.json()}
+    assert len([s for s in products if not s.startswith("TEST-")]) >= 8
+    assert products["TSHIRT-BLK-M"]["price"] == "19.90"
+    assert products["TSHIRT-GRY-S"]["name"]
+
+
+async def test_health_is_200_while_the_database_answers(api: httpx.AsyncClient) -> None:
+    response = await api.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "up"}
+
+
+async def test_health_is_503_when_the_database_does_not_answer(settings: Settings) -> None:
+    app = create_app(
+        settings.model_copy(update={"database_url": "postgresql://nobody@127.0.0.1:1/x"})
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        health = await client.get("/health")
+        placed = await client.post("/orders", json=order_body("TSHIRT-BLK-M"))
+
+    assert health.status_code == 503
+    assert placed.status_code == 503
+    assert "database is unavailable" in placed.json()["detail"]
+
+
+BAD_ORDERS = {
+    "missing email": {"customer_id": "C1", "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}]},
+    "missing items": {"customer_id": "C1", "email": "c1@example.com"},
+    "empty items": {"customer_id": "C1", "email": "c1@example.com", "items": []},
+    "zero qty": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 0}],
+    },
+    "negative qty": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": -3}],
+    },
+    "fractional qty": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 1.5}],
+    },
+    "qty as text": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": "2"}],
+    },
+    "qty beyond any int column": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 10**12}],
+    },
+    "absurd qty": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 1001}],
+    },
+    "bad email": {
+        "customer_id": "C1",
+        "email": "not-an-email",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
+    },
+    "empty customer": {
+        "customer_id": "",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
+    },
+    "unknown field": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
+        "discount": 50,
+    },
+    "same sku twice": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}, {"sku": "TSHIRT-BLK-M", "qty": 2}],
+    },
+    "too many lines": {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": f"S{i}", "qty": 1} for i in range(51)],
+    },
+    "items not a list": {"customer_id": "C1", "email": "c1@example.com", "items": "TSHIRT-BLK-M"},
+}
+
+
+@pytest.mark.parametrize("body", BAD_ORDERS.values(), ids=BAD_ORDERS.keys())
+async def test_bad_order_is_422_with_a_reason_and_stores_nothing(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, body: dict[str, object]
+) -> None:
+    before = await counts(pool)
+
+    response = await api.post("/orders", json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+    assert await counts(pool) == before
+
+
+async def test_unknown_sku_is_422_naming_it_and_stores_nothing(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    known = await new_product(stock=5)
+    before = await counts(pool)
+    body = {
+        "customer_id": "C1",
+        "email": "c1@example.com",
+        "items": [{"sku": known, "qty": 1}, {"sku": "NO-SUCH-SKU", "qty": 1}],
+    }
+
+    response = await api.post("/orders", json=body)
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == "unknown sku: NO-SUCH-SKU"
+    assert await counts(pool) == before
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"", b"[]", b"null"], ids=["broken", "empty", "array", "null"]
+)
+async def test_malformed_json_is_422_and_stores_nothing(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, raw: bytes
+) -> None:
+    before = await counts(pool)
+
+    response = await api.post("/orders", content=raw, headers={"content-type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"]
+    assert await counts(pool) == before
+
+
+async def test_oversized_body_is_413_whether_declared_or_streamed(
+    api: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    before = await counts(pool)
+    big = json.dumps(order_body("TSHIRT-BLK-M") | {"padding": "x" * 10_000}).encode()
+
+    declared = await api.post("/orders", content=big, headers={"content-type": "application/json"})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 1000):
+            yield big[start : start + 1000]
+
+    streamed = await api.post(
+        "/orders", content=chunks(), headers={"content-type": "application/json"}
+    )
+
+    assert declared.status_code == 413
+    assert streamed.status_code == 413
+    assert "larger than 4096 bytes" in streamed.json()["detail"]
+    assert await counts(pool) == before

@@ -1,0 +1,82 @@
+"""The schema and its migration, against the real database."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from acme_orders.database import migrate
+from acme_orders.settings import Settings
+from tests.conftest import stock_of
+
+
+async def test_migrate_again_keeps_stock_and_applies_only_the_baseline(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    await pool.execute("UPDATE products SET stock_qty = 7 WHERE sku = 'TSHIRT-GRY-S'")
+    try:
+        applied = await migrate(settings)
+        assert applied == ["init.sql"]
+        assert await stock_of(pool, "TSHIRT-GRY-S") == 7
+    finally:
+        await pool.execute("UPDATE products SET stock_qty = 50 WHERE sku = 'TSHIRT-GRY-S'")
+
+
+async def test_catalogue_has_the_original_products(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch(
+        "SELECT sku, stock_qty, price FROM products WHERE sku NOT LIKE 'TEST-%'"
+    )
+    catalogue = {r["sku"]: r for r in rows}
+    assert len(catalogue) >= 8
+    assert catalogue["TSHIRT-BLK-M"]["price"] > 0
+    assert catalogue["TSHIRT-GRY-S"]["stock_qty"] == 50
+
+
+async def test_stock_can_never_go_negative(pool: asyncpg.Pool) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await pool.execute("UPDATE products SET stock_qty = -1 WHERE sku = 'TSHIRT-BLK-M'")
+
+
+async def _order_in(pool: asyncpg.Pool, status: str) -> object:
+    order_id = uuid4()
+    await pool.execute(
+        """
+        INSERT INTO orders (id, customer_id, email, status, total)
+        VALUES ($1, 'C1', 'c1@example.com', $2, 1)
+        """,
+        order_id,
+        status,
+    )
+    return order_id
+
+
+@pytest.mark.parametrize(
+    ("start", "to"),
+    [
+        ("reserved", "pending"),
+        ("paid", "reserved"),
+        ("paid", "payment_failed"),
+        ("payment_failed", "paid"),
+        ("out_of_stock", "reserved"),
+        ("pending", "paid"),
+    ],
+)
+async def test_database_refuses_a_status_that_moves_backwards_or_leaves_a_final_one(
+    pool: asyncpg.Pool, start: str, to: str
+) -> None:
+    order_id = await _order_in(pool, start)
+
+    with pytest.raises(asyncpg.CheckViolationError, match=f"cannot move from {start} to {to}"):
+        await pool.execute("UPDATE orders SET status = $2 WHERE id = $1", order_id, to)
+
+
+async def test_status_change_stamps_updated_at(pool: asyncpg.Pool) -> None:
+    order_id = await _order_in(pool, "pending")
+
+    await pool.execute("UPDATE orders SET status = 'reserved' WHERE id = $1", order_id)
+
+    row = await pool.fetchrow("SELECT created_at, updated_at FROM orders WHERE id = $1", order_id)
+    assert row is not None
+    assert row["updated_at"] > row["created_at"]

@@ -1,0 +1,86 @@
+"""Real service processes for end-to-end tests: start, stop, kill, read their logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.waiting import wait_until
+
+OUTPUT_DIR = Path(
+    os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parents[1] / "test-output")
+)
+
+
+def clear_output() -> None:
+    """Remove the logs of an earlier run."""
+    if OUTPUT_DIR.is_dir():
+        for old in OUTPUT_DIR.glob("*.log"):
+            old.unlink()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServiceProcess:
+    """One `acme-orders run SERVICE` process, its output in a log file under test-output/."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_name: str) -> None:
+        self.args = args
+        self.env = env
+        OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = OUTPUT_DIR / f"{log_name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def service(cls, name: str, env: dict[str, str], log_name: str | None = None) -> ServiceProcess:
+        return cls([sys.executable, "-m", "acme_orders", "run", name], env, log_name or name)
+
+    def start(self) -> ServiceProcess:
+        """Start the process; its output is appended, so a restarted service keeps one log."""
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def wait_for_log(self, text: str, deadline: float = 20.0) -> None:
+        async def seen() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(
+                    f"{self.args} exited with {self.process.returncode} before logging {text!r}:\n"
+                    + self.log()[-3000:]
+                )
+            return text in self.log()
+
+        await wait_until(seen, deadline=deadline, what=f"{text!r} in {self.log_path.name}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, and the exit code once it has stopped."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
