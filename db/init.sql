@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS orders (
     email        text NOT NULL,
     status       text NOT NULL DEFAULT 'pending'
                  CHECK (status IN ('pending', 'reserved', 'paid', 'payment_failed', 'out_of_stock')),
-    total        numeric(14, 2) NOT NULL CHECK (total >= 0),
+    total        numeric(18, 2) NOT NULL CHECK (total >= 0),
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     -- The time the current status was written: latency is updated_at - created_at.
     updated_at   timestamptz NOT NULL DEFAULT clock_timestamp()

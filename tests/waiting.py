@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 
 async def wait_until(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     deadline: float = 15.0,
     what: str = "condition",

@@ -101,7 +101,9 @@ def run_all() -> int:
             logger.warning("%s did not stop in time; killing it", name)
             child.kill()
             code = child.wait()
-        if code != 0:
+        # uvicorn re-raises the signal once it has shut down gracefully: dying of the signal we
+        # sent is a clean stop too.
+        if code not in (0, -signal.SIGTERM, -signal.SIGINT):
             logger.warning("%s exited with code %s", name, code)
             exit_code = exit_code or code
     logger.info("all services stopped")

@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 EXCHANGE = "acme.events"
 
 Quantity = Annotated[int, Field(gt=0)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2)]
 
 
 def _now() -> datetime:

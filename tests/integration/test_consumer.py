@@ -194,7 +194,8 @@ async def test_handler_that_keeps_failing_is_dead_lettered_by_the_broker(
     assert len(running.seen) >= DELIVERY_LIMIT
     deaths = (parked[0].headers or {})["x-death"]
     assert isinstance(deaths, list)
-    assert deaths[0]["reason"] == "delivery_limit"  # type: ignore[index]
+    assert isinstance(deaths[0], dict)
+    assert deaths[0]["reason"] == "delivery_limit"
     # Nothing of the failed attempts was committed.
     assert (
         await pool.fetchval(

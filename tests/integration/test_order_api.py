@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -299,3 +300,20 @@ async def test_oversized_body_is_413_whether_declared_or_streamed(
     assert streamed.status_code == 413
     assert "larger than 4096 bytes" in streamed.json()["detail"]
     assert await counts(pool) == before
+
+
+async def test_largest_possible_order_is_accepted(
+    api: httpx.AsyncClient, new_product: NewProduct
+) -> None:
+    """50 lines of 1000 at the highest price a product can have still fit every column."""
+    skus = [await new_product(stock=1, price=Decimal("9999999999.99")) for _ in range(50)]
+    body = {
+        "customer_id": "C-BIG",
+        "email": "big@example.com",
+        "items": [{"sku": sku, "qty": 1000} for sku in skus],
+    }
+
+    response = await api.post("/orders", json=body)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["total"] == "499999999999500.00"

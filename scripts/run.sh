@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up and run the whole system on a machine that already runs PostgreSQL and RabbitMQ:
+# virtualenv, packages, database (created if the server lets us), schema, catalogue, queues;
+# then all five services in the foreground. Ctrl-C stops them all.
+#
+# Configuration comes from the environment (see the README); the defaults expect PostgreSQL and
+# RabbitMQ on 127.0.0.1 with the development credentials.
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+
+if ! acme-orders migrate; then
+    echo "migrate failed: are PostgreSQL and RabbitMQ running, and DATABASE_URL / RABBITMQ_URL right?" >&2
+    exit 1
+fi
+echo "==> starting api, publisher, inventory, payment and notification (Ctrl-C stops them)"
+exec acme-orders run all

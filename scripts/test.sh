@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up and run every check: lint, types, and the test suite against the real PostgreSQL and
+# RabbitMQ (each run creates its own database and vhost, and removes them afterwards).
+# Extra arguments go to pytest, e.g. scripts/test.sh -k happy_path
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+
+echo "==> ruff"
+ruff check .
+ruff format --check .
+echo "==> mypy"
+mypy
+echo "==> pytest"
+exec pytest "$@"
