@@ -1,0 +1,235 @@
+"""The docker compose file and the Dockerfile, checked for structure: no Docker needed.
+
+Service and container names are a contract (the README's `docker logs -f eda-inventory`,
+`docker exec -it eda-postgres psql ...`), and every command and variable must be one the code
+knows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from acme_orders.cli import SERVICES
+from acme_orders.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+CONTAINERS = {
+    "postgres": "eda-postgres",
+    "rabbitmq": "eda-rabbitmq",
+    "migrate": "eda-migrate",
+    "orderapi": "eda-orderapi",
+    "orderpublisher": "eda-orderpublisher",
+    "inventory": "eda-inventory",
+    "payment": "eda-payment",
+    "notification": "eda-notification",
+}
+# Compose service -> the service `acme-orders run` starts in it.
+APP_SERVICES = {
+    "orderapi": "api",
+    "orderpublisher": "publisher",
+    "inventory": "inventory",
+    "payment": "payment",
+    "notification": "notification",
+}
+APP_IMAGE = "acme-orders:latest"
+INITDB_DIR = "/docker-entrypoint-initdb.d/"
+
+
+def load_compose() -> dict[str, Any]:
+    # safe_load resolves the `<<:` merge keys, as compose does.
+    document = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found = load_compose()["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment, written as a mapping or as a list of NAME=value."""
+    raw = service.get("environment", {})
+    if isinstance(raw, list):
+        pairs = (str(item).partition("=") for item in raw)
+        return {name: value for name, _, value in pairs}
+    return {str(name): str(value) for name, value in raw.items()}
+
+
+def published_ports(service: dict[str, Any]) -> set[int]:
+    ports: set[int] = set()
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            ports.add(int(port["published"]))
+        else:
+            host_side = str(port).rsplit(":", 1)[0].rsplit(":", 1)[-1]
+            ports.add(int(host_side))
+    return ports
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    statement = ""
+    for raw_line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            statement += line.removesuffix("\\") + " "
+            continue
+        keyword, _, arguments = (statement + line).partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        statement = ""
+    return instructions
+
+
+def test_compose_file_has_no_obsolete_version_key() -> None:
+    assert "version" not in load_compose()
+
+
+def test_services_and_container_names_are_the_documented_ones() -> None:
+    found = services()
+
+    assert set(found) == set(CONTAINERS)
+    assert {name: s.get("container_name") for name, s in found.items()} == CONTAINERS
+
+
+def test_images() -> None:
+    found = services()
+
+    assert found["postgres"]["image"] == "postgres:15"
+    assert found["rabbitmq"]["image"] == "rabbitmq:3.13-management"
+    for name in ("migrate", *APP_SERVICES):
+        assert found[name]["image"] == APP_IMAGE, name
+        assert found[name]["build"] == ".", name
+
+
+def test_each_app_service_runs_a_service_the_cli_knows() -> None:
+    found = services()
+
+    assert found["migrate"]["command"] == ["migrate"]
+    for name, cli_service in APP_SERVICES.items():
+        assert cli_service in SERVICES, name
+        assert found[name]["command"] == ["run", cli_service], name
+    # ... and every service of the CLI is deployed.
+    assert set(APP_SERVICES.values()) == set(SERVICES)
+
+
+def test_app_services_wait_for_healthy_servers_and_a_successful_migration() -> None:
+    found = services()
+
+    assert found["migrate"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "rabbitmq": {"condition": "service_healthy"},
+    }
+    for name in APP_SERVICES:
+        assert found[name]["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "rabbitmq": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+        }, name
+
+
+def test_restart_policies() -> None:
+    found = services()
+
+    # A one-shot job: restarting it would keep the services waiting for its completion.
+    assert found["migrate"]["restart"] == "no"
+    for name in APP_SERVICES:
+        assert found[name]["restart"] == "unless-stopped", name
+        assert found[name]["stop_grace_period"] == "15s", name
+
+
+def test_servers_and_the_api_have_healthchecks() -> None:
+    found = services()
+
+    for name in ("postgres", "rabbitmq", "orderapi"):
+        test = found[name]["healthcheck"]["test"]
+        assert isinstance(test, list), name
+        assert test[0] in {"CMD", "CMD-SHELL"}, name
+    assert "pg_isready" in found["postgres"]["healthcheck"]["test"]
+    assert "rabbitmq-diagnostics" in found["rabbitmq"]["healthcheck"]["test"]
+    assert any("/health" in part for part in found["orderapi"]["healthcheck"]["test"])
+
+
+def test_ports_are_published() -> None:
+    found = services()
+
+    assert published_ports(found["postgres"]) == {5432}
+    assert published_ports(found["rabbitmq"]) == {5672, 15672}
+    assert published_ports(found["orderapi"]) == {8000}
+    assert environment(found["orderapi"])["API_HOST"] == "0.0.0.0"  # noqa: S104
+    assert environment(found["orderapi"])["API_PORT"] == "8000"
+
+
+def test_postgres_gets_the_acme_database_and_only_the_baseline_schema() -> None:
+    postgres = services()["postgres"]
+    env = environment(postgres)
+
+    assert env["POSTGRES_USER"] == "acme"
+    assert env["POSTGRES_DB"] == "acme"
+    assert env["POSTGRES_PASSWORD"]
+    initdb_mounts = [
+        str(volume).split(":") for volume in postgres["volumes"] if INITDB_DIR in str(volume)
+    ]
+    # One file, not the db/ folder: the numbered migrations would sort before init.sql.
+    assert len(initdb_mounts) == 1
+    source, target, *_ = initdb_mounts[0]
+    assert source == "./db/init.sql"
+    assert (ROOT / source).is_file()
+    assert target.startswith(INITDB_DIR)
+    assert target.endswith(".sql")
+
+
+def test_rabbitmq_user() -> None:
+    env = environment(services()["rabbitmq"])
+
+    assert env["RABBITMQ_DEFAULT_USER"] == "eda_user"
+    assert env["RABBITMQ_DEFAULT_PASS"] == "eda_pass"
+
+
+def test_app_services_reach_the_servers_with_their_credentials() -> None:
+    found = services()
+
+    for name in ("migrate", *APP_SERVICES):
+        env = environment(found[name])
+        assert env["DATABASE_URL"] == "postgresql://acme:acme@postgres:5432/acme", name
+        assert env["RABBITMQ_URL"] == "amqp://eda_user:eda_pass@rabbitmq:5672/", name
+        assert "LOG_LEVEL" in env, name
+
+
+def test_app_services_set_only_variables_the_settings_read() -> None:
+    known = {name.upper() for name in Settings.model_fields}
+    found = services()
+
+    for name in ("migrate", *APP_SERVICES):
+        unknown = set(environment(found[name])) - known
+        assert not unknown, f"{name} sets {sorted(unknown)}, which Settings does not read"
+    assert "PAYMENT_SUCCESS_RATE" in environment(found["payment"])
+
+
+def test_dockerfile_runs_the_cli_and_carries_the_schema() -> None:
+    assert DOCKERFILE.is_file()
+    instructions = dockerfile_instructions()
+
+    entrypoints = [arguments for keyword, arguments in instructions if keyword == "ENTRYPOINT"]
+    assert [json.loads(arguments) for arguments in entrypoints] == [["acme-orders"]]
+    copied = {
+        source.rstrip("/")
+        for keyword, arguments in instructions
+        if keyword == "COPY"
+        for source in arguments.split()[:-1]
+        if not source.startswith("--")
+    }
+    assert {"src", "db", "pyproject.toml"} <= copied
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users
+    assert users[-1] not in {"root", "0"}
