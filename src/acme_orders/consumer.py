@@ -23,17 +23,12 @@ import orjson
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from acme_orders.database import Connection, create_pool
+from acme_orders.database import Connection
 from acme_orders.events import Event
-from acme_orders.messaging import (
-    QueueSpec,
-    connect,
-    declare_dead_letter_exchange,
-    declare_queue,
-)
+from acme_orders.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
 from acme_orders.orders import UnprocessableEventError
 from acme_orders.outbox import add_to_outbox
-from acme_orders.runtime import retry_until_ready, wait_or_stop
+from acme_orders.runtime import open_connections, wait_or_stop
 from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -244,34 +239,25 @@ async def serve_consumers(
 ) -> None:
     """Run a consumer service until `stop` is set, then stop taking messages, let the ones in
     flight finish (up to SHUTDOWN_TIMEOUT) and close the connections."""
-    pool = await retry_until_ready(lambda: create_pool(settings), "PostgreSQL", stop)
-    if pool is None:
-        return
-    try:
-        connection = await retry_until_ready(lambda: connect(settings, service), "RabbitMQ", stop)
-        if connection is None:
+    async with open_connections(settings, stop, service) as connections:
+        if connections is None:
             return
-        try:
-            channel = await connection.channel()
-            await channel.set_qos(prefetch_count=settings.prefetch_count)
-            dead_letters = await declare_dead_letter_exchange(channel)
-            runners: list[tuple[ConsumerRunner, AbstractQueue, str]] = []
-            for consumer in consumers:
-                queue = await declare_queue(channel, consumer.queue)
-                runner = ConsumerRunner(consumer, pool, dead_letters, stop)
-                tag = await queue.consume(runner.on_message)
-                runners.append((runner, queue, tag))
-            logger.info("ready: consuming %s", ", ".join(c.queue.name for c in consumers))
+        channel = await connections.broker.channel()
+        await channel.set_qos(prefetch_count=settings.prefetch_count)
+        dead_letters = await declare_dead_letter_exchange(channel)
+        runners: list[tuple[ConsumerRunner, AbstractQueue, str]] = []
+        for consumer in consumers:
+            queue = await declare_queue(channel, consumer.queue)
+            runner = ConsumerRunner(consumer, connections.pool, dead_letters, stop)
+            tag = await queue.consume(runner.on_message)
+            runners.append((runner, queue, tag))
+        logger.info("ready: consuming %s", ", ".join(c.queue.name for c in consumers))
 
-            await stop.wait()
-            for _, queue, tag in runners:
-                await queue.cancel(tag)
-            in_flight = [runner.idle.wait() for runner, _, _ in runners]
-            try:
-                await asyncio.wait_for(asyncio.gather(*in_flight), settings.shutdown_timeout)
-            except TimeoutError:
-                logger.warning("in-flight messages did not finish; RabbitMQ will redeliver them")
-        finally:
-            await connection.close()
-    finally:
-        await pool.close()
+        await stop.wait()
+        for _, queue, tag in runners:
+            await queue.cancel(tag)
+        in_flight = [runner.idle.wait() for runner, _, _ in runners]
+        try:
+            await asyncio.wait_for(asyncio.gather(*in_flight), settings.shutdown_timeout)
+        except TimeoutError:
+            logger.warning("in-flight messages did not finish; RabbitMQ will redeliver them")

@@ -63,35 +63,36 @@ class Event(BaseModel):
     version: Literal[1] = 1
 
 
-class OrderPlaced(Event):
+class CustomerEvent(Event):
+    """An event that carries who to tell about the order, so no reader has to look it up."""
+
+    customer_id: str
+    email: str
+
+
+class OrderPlaced(CustomerEvent):
     """An order was accepted by the API and waits for stock."""
 
     routing_key: ClassVar[str] = "order.placed"
     event_type: Literal["OrderPlaced"] = "OrderPlaced"
-    customer_id: str
-    email: str
     items: Annotated[tuple[OrderLine, ...], Field(min_length=1)]
     total: Money
 
 
-class InventoryReserved(Event):
+class InventoryReserved(CustomerEvent):
     """Every line of the order is reserved; the order can be charged."""
 
     routing_key: ClassVar[str] = "inventory.reserved"
     event_type: Literal["InventoryReserved"] = "InventoryReserved"
-    customer_id: str
-    email: str
     items: Annotated[tuple[OrderLine, ...], Field(min_length=1)]
     total: Money
 
 
-class OrderOutOfStock(Event):
+class OrderOutOfStock(CustomerEvent):
     """At least one line could not be reserved, so nothing was."""
 
     routing_key: ClassVar[str] = "order.out_of_stock"
     event_type: Literal["OrderOutOfStock"] = "OrderOutOfStock"
-    customer_id: str
-    email: str
     shortages: Annotated[tuple[StockShortage, ...], Field(min_length=1)]
 
 
@@ -103,24 +104,20 @@ class InventoryReleased(Event):
     items: Annotated[tuple[StockLine, ...], Field(min_length=1)]
 
 
-class PaymentCompleted(Event):
+class PaymentCompleted(CustomerEvent):
     """The order was charged."""
 
     routing_key: ClassVar[str] = "payment.completed"
     event_type: Literal["PaymentCompleted"] = "PaymentCompleted"
-    customer_id: str
-    email: str
     amount: Money
     payment_id: UUID
 
 
-class PaymentFailed(Event):
+class PaymentFailed(CustomerEvent):
     """The charge was declined; the reserved stock is to be released."""
 
     routing_key: ClassVar[str] = "payment.failed"
     event_type: Literal["PaymentFailed"] = "PaymentFailed"
-    customer_id: str
-    email: str
     amount: Money
     reason: str
 

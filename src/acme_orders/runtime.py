@@ -6,11 +6,17 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
+import asyncpg
 import uvloop
+from aio_pika.abc import AbstractRobustConnection
 
+from acme_orders.database import create_pool
+from acme_orders.messaging import connect
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -85,3 +91,34 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep up to `seconds`, returning early (True) when asked to stop."""
     await wait_any(stop, within=seconds)
     return stop.is_set()
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    pool: asyncpg.Pool
+    broker: AbstractRobustConnection
+
+
+@asynccontextmanager
+async def open_connections(
+    settings: Settings, stop: asyncio.Event, service: str, *, pool_size: int | None = None
+) -> AsyncIterator[Connections | None]:
+    """A database pool and a RabbitMQ connection, each retried until its server answers; None
+    when asked to stop before both are up. Both are closed on the way out."""
+    pool = await retry_until_ready(
+        lambda: create_pool(settings, max_size=pool_size), "PostgreSQL", stop
+    )
+    if pool is None:
+        yield None
+        return
+    try:
+        broker = await retry_until_ready(lambda: connect(settings, service), "RabbitMQ", stop)
+        if broker is None:
+            yield None
+            return
+        try:
+            yield Connections(pool, broker)
+        finally:
+            await broker.close()
+    finally:
+        await pool.close()

@@ -8,10 +8,9 @@ import logging
 import asyncpg
 from aio_pika.abc import AbstractExchange
 
-from acme_orders.database import create_pool
-from acme_orders.messaging import connect, declare_exchange
+from acme_orders.messaging import declare_exchange
 from acme_orders.publisher.relay import listen_for_outbox, relay_outbox_batch
-from acme_orders.runtime import retry_until_ready, wait_any, wait_or_stop
+from acme_orders.runtime import open_connections, wait_any, wait_or_stop
 from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -20,22 +19,13 @@ SERVICE = "publisher"
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    pool = await retry_until_ready(lambda: create_pool(settings, max_size=2), "PostgreSQL", stop)
-    if pool is None:
-        return
-    try:
-        connection = await retry_until_ready(lambda: connect(settings, SERVICE), "RabbitMQ", stop)
-        if connection is None:
+    async with open_connections(settings, stop, SERVICE, pool_size=2) as connections:
+        if connections is None:
             return
-        try:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await declare_exchange(channel)
-            logger.info("ready: relaying the outbox to %s", exchange.name)
-            await relay_until_stopped(settings, pool, exchange, stop)
-        finally:
-            await connection.close()
-    finally:
-        await pool.close()
+        channel = await connections.broker.channel(publisher_confirms=True)
+        exchange = await declare_exchange(channel)
+        logger.info("ready: relaying the outbox to %s", exchange.name)
+        await relay_until_stopped(settings, connections.pool, exchange, stop)
 
 
 async def relay_until_stopped(
