@@ -30,8 +30,11 @@ class UnprocessableEventError(Exception):
 
 
 async def lock_order(tx: Connection, order_id: UUID) -> OrderStatus:
-    """Lock the order row for this transaction and return its status."""
-    status = await tx.fetchval("SELECT status FROM orders WHERE id = $1 FOR UPDATE", order_id)
+    """Lock the order row for this transaction and return its status. NO KEY UPDATE: only the
+    status will change, so rows that merely reference the order are not held up."""
+    status = await tx.fetchval(
+        "SELECT status FROM orders WHERE id = $1 FOR NO KEY UPDATE", order_id
+    )
     if status is None:
         raise UnprocessableEventError(f"order {order_id} does not exist")
     return OrderStatus(status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -317,3 +318,59 @@ async def test_largest_possible_order_is_accepted(
 
     assert response.status_code == 201, response.text
     assert response.json()["total"] == "499999999999500.00"
+
+
+async def test_retry_with_the_same_idempotency_key_returns_the_first_order(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=5)
+    key = {"Idempotency-Key": str(uuid4())}
+    first = await api.post("/orders", json=order_body(sku, 2), headers=key)
+    before = await counts(pool)
+
+    again = await api.post("/orders", json=order_body(sku, 2), headers=key)
+
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await counts(pool) == before
+
+
+async def test_same_idempotency_key_with_a_different_body_is_refused(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=5)
+    key = {"Idempotency-Key": str(uuid4())}
+    await api.post("/orders", json=order_body(sku, 1), headers=key)
+    before = await counts(pool)
+
+    other = await api.post("/orders", json=order_body(sku, 3), headers=key)
+
+    assert other.status_code == 422
+    assert "already used with a different request" in other.json()["detail"]
+    assert await counts(pool) == before
+
+
+async def test_concurrent_requests_with_one_idempotency_key_make_one_order(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=5)
+    key = {"Idempotency-Key": str(uuid4())}
+    before = await counts(pool)
+
+    responses = await asyncio.gather(
+        *(api.post("/orders", json=order_body(sku, 1), headers=key) for _ in range(8))
+    )
+
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert await counts(pool) == (before[0] + 1, before[1] + 1, before[2] + 1)
+
+
+async def test_an_empty_or_huge_idempotency_key_is_422(api: httpx.AsyncClient) -> None:
+    for key in ("", "k" * 256):
+        response = await api.post(
+            "/orders", json=order_body("TSHIRT-BLK-M"), headers={"Idempotency-Key": key}
+        )
+        assert response.status_code == 422, key

@@ -31,7 +31,9 @@ async def reserve_stock(event: OrderPlaced, tx: Connection) -> Sequence[Event]:
     lines = sorted(event.items, key=lambda line: line.sku)
     skus = [line.sku for line in lines]
     # Rows are locked in SKU order, the same order for every order, so two orders that share
-    # products wait for each other instead of deadlocking.
+    # products wait for each other instead of deadlocking. NO KEY UPDATE, because only the stock
+    # changes: it does not conflict with the KEY SHARE locks that foreign keys to products (the
+    # API inserting order_items) take, which would otherwise deadlock with us.
     stock = {
         r["sku"]: r["stock_qty"]
         for r in await tx.fetch(
@@ -39,7 +41,7 @@ async def reserve_stock(event: OrderPlaced, tx: Connection) -> Sequence[Event]:
             SELECT sku, stock_qty FROM products
             WHERE sku = ANY($1::text[])
             ORDER BY sku
-            FOR UPDATE
+            FOR NO KEY UPDATE
             """,
             skus,
         )
@@ -119,7 +121,7 @@ async def release_stock(event: PaymentFailed, tx: Connection) -> Sequence[Event]
     skus = [line.sku for line in items]
     # Row locks in SKU order, as when reserving.
     await tx.execute(
-        "SELECT 1 FROM products WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE", skus
+        "SELECT 1 FROM products WHERE sku = ANY($1::text[]) ORDER BY sku FOR NO KEY UPDATE", skus
     )
     await tx.execute(
         """

@@ -12,13 +12,13 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders import __version__
-from acme_orders.database import create_pool
+from acme_orders.database import close_pool, create_pool
 from acme_orders.order_api.routes import health, orders, products
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-# What a vanished or restarting database raises; the client gets a 503 and may retry.
+# What a vanished, restarting or overloaded database raises; the client gets a 503 and may retry.
 DATABASE_UNAVAILABLE = (
     OSError,
     TimeoutError,
@@ -26,6 +26,9 @@ DATABASE_UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # Still a deadlock or serialization failure after retrying: busy, not broken.
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
 )
 
 
@@ -92,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await app.state.pool.close()
+            await close_pool(app.state.pool)
 
     app = FastAPI(
         title="Acme Orders",

@@ -7,7 +7,7 @@ from typing import Annotated
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 
 from acme_orders.order_api import store
 from acme_orders.order_api.schemas import Health, OrderOut, OrderPage, PlaceOrder, ProductOut
@@ -28,29 +28,55 @@ products = APIRouter(prefix="/products", tags=["products"])
 health = APIRouter(prefix="/health", tags=["health"])
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description=(
+            "Any unique string (a UUID, say). A retry with the same key and body returns the "
+            "order the first request created instead of placing a second one."
+        ),
+    ),
+]
+
+
 @orders.post(
     "",
     status_code=status.HTTP_201_CREATED,
     responses={
         413: {"description": "The body is larger than MAX_REQUEST_BYTES."},
-        422: {"description": "The order is not valid; `detail` says why."},
+        422: {
+            "description": (
+                "The order is not valid, or its Idempotency-Key was used for a different "
+                "request; `detail` says why."
+            )
+        },
         503: {"description": "The database is unavailable; nothing was stored."},
     },
 )
-async def place_order(body: PlaceOrder, pool: Pool, response: Response) -> OrderOut:
+async def place_order(
+    body: PlaceOrder, pool: Pool, response: Response, idempotency_key: IdempotencyKey = None
+) -> OrderOut:
     """Accept an order: it is stored as `pending` with its OrderPlaced event in one transaction,
     and moves on through inventory, payment and notification on its own."""
     try:
-        order = await store.place_order(pool, body)
-    except store.UnknownSkuError as exc:
+        placed = await store.place_order(pool, body, idempotency_key)
+    except (store.UnknownSkuError, store.IdempotencyKeyReusedError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    order = placed.order
     response.headers["Location"] = f"/orders/{order.id}"
-    logger.info(
-        "order %s placed by %s: %s",
-        order.id,
-        order.customer_id,
-        ", ".join(f"{line.sku} x{line.qty}" for line in order.items),
-    )
+    if placed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+        logger.info("order %s returned again for its Idempotency-Key", order.id)
+    else:
+        logger.info(
+            "order %s placed by %s: %s",
+            order.id,
+            order.customer_id,
+            ", ".join(f"{line.sku} x{line.qty}" for line in order.items),
+        )
     return order
 
 

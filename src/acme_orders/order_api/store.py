@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
 
@@ -16,6 +19,7 @@ from acme_orders.orders import OrderStatus
 from acme_orders.outbox import add_to_outbox
 
 ORDER_COLUMNS = "id, customer_id, email, status, total, created_at, updated_at"
+TRANSIENT_ATTEMPTS = 3
 
 
 class UnknownSkuError(Exception):
@@ -24,9 +28,79 @@ class UnknownSkuError(Exception):
         self.skus = skus
 
 
-async def place_order(pool: asyncpg.Pool, request: PlaceOrder) -> OrderOut:
-    """Store the order, its lines at today's prices, and its OrderPlaced event, atomically."""
-    skus = [line.sku for line in request.items]
+class IdempotencyKeyReusedError(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used with a different request; "
+            "use a new key for a new order"
+        )
+
+
+class _KeyTakenMeanwhileError(Exception):
+    """Another request with the same Idempotency-Key committed while this one ran."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    order: OrderOut
+    # True when an earlier request with the same Idempotency-Key created the order.
+    replayed: bool
+
+
+async def place_order(
+    pool: asyncpg.Pool, request: PlaceOrder, idempotency_key: str | None = None
+) -> PlacedOrder:
+    """Store the order, its lines at today's prices, and its OrderPlaced event, atomically.
+
+    With an Idempotency-Key, a retry of the same request returns the order the first one made,
+    and a different request with the same key is refused."""
+    request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    if idempotency_key is not None:
+        earlier = await _order_for_key(pool, idempotency_key, request_hash)
+        if earlier is not None:
+            return PlacedOrder(earlier, replayed=True)
+    try:
+        order = await _insert_order_retrying(pool, request, idempotency_key, request_hash)
+    except _KeyTakenMeanwhileError:
+        assert idempotency_key is not None
+        earlier = await _order_for_key(pool, idempotency_key, request_hash)
+        assert earlier is not None
+        return PlacedOrder(earlier, replayed=True)
+    return PlacedOrder(order, replayed=False)
+
+
+async def _order_for_key(pool: asyncpg.Pool, key: str, request_hash: str) -> OrderOut | None:
+    row = await pool.fetchrow(
+        "SELECT request_hash, order_id FROM idempotency_keys WHERE key = $1", key
+    )
+    if row is None:
+        return None
+    if row["request_hash"] != request_hash:
+        raise IdempotencyKeyReusedError(key)
+    return await get_order(pool, row["order_id"])
+
+
+async def _insert_order_retrying(
+    pool: asyncpg.Pool, request: PlaceOrder, idempotency_key: str | None, request_hash: str
+) -> OrderOut:
+    """The database may pick this transaction as a deadlock or serialization victim; nothing of
+    it was stored then, so it is simply run again."""
+    for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+        try:
+            return await _insert_order(pool, request, idempotency_key, request_hash)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == TRANSIENT_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _insert_order(
+    pool: asyncpg.Pool, request: PlaceOrder, idempotency_key: str | None, request_hash: str
+) -> OrderOut:
+    # Sorted, so that the foreign-key locks on products are taken in one order by everyone.
+    lines_in = sorted(request.items, key=lambda line: line.sku)
+    skus = [line.sku for line in lines_in]
     async with pool.acquire() as conn, conn.transaction():
         prices: dict[str, Decimal] = {
             r["sku"]: r["price"]
@@ -38,8 +112,7 @@ async def place_order(pool: asyncpg.Pool, request: PlaceOrder) -> OrderOut:
         if unknown:
             raise UnknownSkuError(unknown)
         lines = [
-            OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku])
-            for line in request.items
+            OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku]) for line in lines_in
         ]
         total = sum((line.unit_price * line.qty for line in lines), Decimal("0.00"))
         order_id = uuid.uuid4()
@@ -75,6 +148,21 @@ async def place_order(pool: asyncpg.Pool, request: PlaceOrder) -> OrderOut:
                 )
             ],
         )
+        if idempotency_key is not None:
+            # A concurrent request with the same key blocks here until the first commits, then
+            # finds the key taken: this transaction is rolled back and the first order returned.
+            claimed = await conn.fetchval(
+                """
+                INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3)
+                ON CONFLICT (key) DO NOTHING
+                RETURNING true
+                """,
+                idempotency_key,
+                request_hash,
+                order_id,
+            )
+            if not claimed:
+                raise _KeyTakenMeanwhileError
     assert order is not None
     return _order_out(order, [_line_out(line.sku, line.qty, line.unit_price) for line in lines])
 
