@@ -103,6 +103,16 @@ class ConsumerRunner:
         self.idle.clear()
         try:
             await self.process(message)
+        except Exception:
+            # Typically the broker went away between commit and ack (or while parking a dead
+            # letter). The message is unacked, so RabbitMQ delivers it again once we are back,
+            # and processed_events turns that delivery into a no-op.
+            logger.warning(
+                "could not settle message %s on %s; it will be redelivered",
+                message.message_id,
+                self.consumer.queue.name,
+                exc_info=True,
+            )
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -254,10 +264,14 @@ async def serve_consumers(
         logger.info("ready: consuming %s", ", ".join(c.queue.name for c in consumers))
 
         await stop.wait()
-        for _, queue, tag in runners:
-            await queue.cancel(tag)
-        in_flight = [runner.idle.wait() for runner, _, _ in runners]
         try:
-            await asyncio.wait_for(asyncio.gather(*in_flight), settings.shutdown_timeout)
+            # Bounded as a whole: cancelling a consumer waits for the broker, which may be away.
+            async with asyncio.timeout(settings.shutdown_timeout):
+                for _, queue, tag in runners:
+                    await queue.cancel(tag)
+                await asyncio.gather(*(runner.idle.wait() for runner, _, _ in runners))
         except TimeoutError:
-            logger.warning("in-flight messages did not finish; RabbitMQ will redeliver them")
+            logger.warning(
+                "in-flight messages did not finish within %.0fs; RabbitMQ will redeliver them",
+                settings.shutdown_timeout,
+            )

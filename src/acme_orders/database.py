@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -39,6 +40,16 @@ async def create_pool(
     )
     assert pool is not None
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, within: float = 5.0) -> None:
+    """Close the pool politely, or terminate its connections if that takes longer than `within`
+    seconds: a connection to a database that went away must not keep a process from exiting."""
+    try:
+        await asyncio.wait_for(pool.close(), within)
+    except TimeoutError:
+        logger.warning("database connections did not close in %.0fs; terminating them", within)
+        pool.terminate()
 
 
 def migrations_dir() -> Path:

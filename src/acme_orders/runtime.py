@@ -15,13 +15,16 @@ import asyncpg
 import uvloop
 from aio_pika.abc import AbstractRobustConnection
 
-from acme_orders.database import create_pool
+from acme_orders.database import close_pool, create_pool
 from acme_orders.messaging import connect
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Seconds to close a connection politely on the way out, before giving up on it.
+CLOSE_TIMEOUT = 5.0
 
 ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
@@ -119,6 +122,10 @@ async def open_connections(
         try:
             yield Connections(pool, broker)
         finally:
-            await broker.close()
+            # Bounded: a connection stuck reconnecting must not keep the process from exiting.
+            try:
+                await asyncio.wait_for(broker.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                logger.warning("RabbitMQ connection did not close in time; leaving it")
     finally:
-        await pool.close()
+        await close_pool(pool, CLOSE_TIMEOUT)
