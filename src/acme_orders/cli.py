@@ -9,17 +9,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import Any
 
-from acme_orders import database, messaging
+import asyncpg
+from aio_pika.exceptions import AMQPError
+
+from acme_orders import database, dead_letters, housekeeping, messaging
 from acme_orders.inventory import service as inventory
 from acme_orders.notification import service as notification
 from acme_orders.order_api import service as order_api
 from acme_orders.payment import service as payment
 from acme_orders.publisher import service as publisher
 from acme_orders.runtime import ServiceMain, configure_logging, run_service
-from acme_orders.settings import get_settings
+from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger("acme_orders.cli")
 
@@ -110,6 +115,133 @@ def run_all() -> int:
     return exit_code
 
 
+# What an operator command reports in one line instead of a traceback: a server that is down,
+# refuses us, or lacks what we asked for (a database not migrated, a queue that does not exist).
+# A refused TCP connection is an OSError from either client; AMQPError covers RabbitMQ refusing
+# the login or the vhost, and closing a channel.
+OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    AMQPError,
+    dead_letters.UnknownQueueError,
+)
+
+
+def operate(
+    command: str, server: str, work: Callable[[Settings], Coroutine[Any, Any, None]]
+) -> int:
+    """Run an operator command: its results go to stdout, logs to stderr, and a failure to reach
+    `server` is one line on stderr and exit code 1."""
+    settings = get_settings()
+    configure_logging(command.split()[0], settings.log_level)
+    # aiormq logs a failed connection at ERROR by itself; ours is the one line that says so.
+    for noisy in ("aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(work(settings))
+    except OPERATOR_ERRORS as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"acme-orders {command}: {server}: {detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def human_age(age: timedelta) -> str:
+    """2.3s, 4m 12s, 3h, 2d 4h: the two largest units, the second only when it is not zero."""
+    seconds = age.total_seconds()
+    if seconds < 59.95:  # not "60.0s"
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    parts = [
+        (whole // 86400, "d"),
+        (whole % 86400 // 3600, "h"),
+        (whole % 3600 // 60, "m"),
+        (whole % 60, "s"),
+    ]
+    first = next(i for i, (n, _) in enumerate(parts) if n)
+    shown = [f"{n}{unit}" for n, unit in parts[first : first + 2] if n]
+    return " ".join(shown)
+
+
+async def _database(settings: Settings) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1, timeout=10)
+    assert pool is not None
+    return pool
+
+
+def outbox_status() -> int:
+    async def work(settings: Settings) -> None:
+        pool = await _database(settings)
+        try:
+            status = await housekeeping.outbox_status(pool)
+        finally:
+            await pool.close()
+        counts = ", ".join(f"{name} {n}" for name, n in status.counts.items())
+        if status.oldest_new_age is None:
+            print(f"{counts}; no NEW rows")
+        else:
+            age = human_age(status.oldest_new_age)
+            print(f"{counts}; oldest NEW: id {status.oldest_new_id}, {age} old")
+
+    return operate("outbox status", "PostgreSQL", work)
+
+
+def outbox_purge() -> int:
+    async def work(settings: Settings) -> None:
+        pool = await _database(settings)
+        try:
+            counts = await housekeeping.purge_all(pool, settings)
+        finally:
+            await pool.close()
+        print(
+            f"deleted {counts['event_outbox']} SENT outbox rows "
+            f"(older than {human_age(settings.outbox_retention)}), "
+            f"{counts['processed_events']} processed_events "
+            f"(older than {human_age(settings.processed_events_retention)}), "
+            f"{counts['idempotency_keys']} idempotency keys "
+            f"(older than {human_age(settings.idempotency_key_retention)})"
+        )
+
+    return operate("outbox purge", "PostgreSQL", work)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else "(time unknown)"
+
+
+def dlq_list(queue: str | None) -> int:
+    async def work(settings: Settings) -> None:
+        queues = [queue] if queue else [spec.name for spec in CONSUMER_QUEUES]
+        letters = await dead_letters.list_dead_letters(settings, queues)
+        for letter in letters:
+            print(
+                f"{letter.queue}  {_when(letter.dead_lettered_at)}  "
+                f"message {letter.message_id or '(none)'}  {letter.event_type or '(no type)'}  "
+                f"order {letter.order_id or '(none)'}"
+            )
+            print(f"    reason: {letter.reason}")
+        print(_plural(len(letters), "dead letter") if letters else "no dead letters")
+
+    return operate("dlq list", "RabbitMQ", work)
+
+
+def dlq_replay(queue: str, message_ids: list[str] | None) -> int:
+    async def work(settings: Settings) -> None:
+        wanted = set(message_ids) if message_ids else None
+        moved = await dead_letters.replay_dead_letters(settings, queue, wanted)
+        original, dlq = dead_letters.queue_names(queue)
+        print(f"{moved} moved from {dlq} back to {original}")
+        if wanted is not None and moved < len(wanted):
+            print(f"{_plural(len(wanted) - moved, 'message id')} not found in {dlq}")
+
+    return operate("dlq replay", "RabbitMQ", work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme-orders",
@@ -126,6 +258,37 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument(
         "service", choices=[*SERVICES, "all"], help="one service, or all five as processes"
     )
+
+    outbox = commands.add_parser("outbox", help="look at and clean the transactional outbox")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    outbox_commands.add_parser(
+        "status", help="rows by status, and the age of the oldest one still to be published"
+    )
+    outbox_commands.add_parser(
+        "purge",
+        help="delete SENT outbox rows, processed_events and idempotency keys older than their "
+        "retention, now (the publisher does it every HOUSEKEEPING_INTERVAL)",
+    )
+
+    dlq = commands.add_parser("dlq", help="look at and replay the dead-letter queues")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list_parser = dlq_commands.add_parser(
+        "list", help="show the dead letters, leaving them where they are"
+    )
+    dlq_list_parser.add_argument(
+        "queue", nargs="?", help="a consumer queue (or its .dlq); default: every consumer queue"
+    )
+    replay = dlq_commands.add_parser(
+        "replay", help="move dead letters back to the queue they came from, to be handled again"
+    )
+    replay.add_argument("queue", help="the consumer queue (or its .dlq)")
+    replay.add_argument(
+        "--id",
+        dest="message_ids",
+        action="append",
+        metavar="ID",
+        help="only the message with this id (repeat for several); default: all of them",
+    )
     return parser
 
 
@@ -133,4 +296,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "migrate":
         sys.exit(migrate())
+    if args.command == "outbox":
+        sys.exit(outbox_status() if args.outbox_command == "status" else outbox_purge())
+    if args.command == "dlq":
+        if args.dlq_command == "list":
+            sys.exit(dlq_list(args.queue))
+        sys.exit(dlq_replay(args.queue, args.message_ids))
     sys.exit(run(args.service))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +59,72 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a service waits for in-flight work on SIGTERM."
     )
     log_level: str = Field("INFO", description="Python log level.")
+    outbox_retention: timedelta = Field(
+        timedelta(days=7),
+        gt=timedelta(0),
+        description=(
+            "How long SENT outbox rows are kept after publishing; seconds or an ISO 8601 duration "
+            "(P7D, PT12H)."
+        ),
+    )
+    processed_events_retention: timedelta = Field(
+        timedelta(days=30),
+        description=(
+            "How long processed_events rows are kept; an event redelivered after that would be "
+            "handled again. At least 1 day and at least OUTBOX_RETENTION."
+        ),
+    )
+    idempotency_key_retention: timedelta = Field(
+        timedelta(days=1),
+        gt=timedelta(0),
+        description=(
+            "How long an Idempotency-Key of POST /orders is remembered; a retry after that places "
+            "a new order."
+        ),
+    )
+    housekeeping_interval: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds between two purges of old rows by the publisher.",
+    )
+    housekeeping_batch_size: int = Field(
+        5000,
+        ge=1,
+        le=100_000,
+        description="Rows deleted per transaction when purging, so no purge holds locks for long.",
+    )
+
+    @field_validator(
+        "outbox_retention", "processed_events_retention", "idempotency_key_retention", mode="before"
+    )
+    @classmethod
+    def _seconds_from_the_environment(cls, value: object) -> object:
+        # Pydantic takes a number as seconds, but not a string of digits, which is all an
+        # environment variable can hold.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        return value
+
+    @model_validator(mode="after")
+    def _processed_events_outlive_redeliveries(self) -> Self:
+        # processed_events is what turns a redelivered event into a no-op: forget an event while
+        # it can still come back (a requeue, a replayed dead letter, an outbox row published
+        # again) and it is handled twice.
+        retention = self.processed_events_retention
+        if retention < timedelta(days=1):
+            raise ValueError(
+                f"PROCESSED_EVENTS_RETENTION is {retention}, it must be at least 1 day: it has "
+                "to outlive any redelivery of an event"
+            )
+        if retention < self.outbox_retention:
+            raise ValueError(
+                f"PROCESSED_EVENTS_RETENTION ({retention}) must be at least OUTBOX_RETENTION "
+                f"({self.outbox_retention}): it has to outlive any redelivery of an event"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

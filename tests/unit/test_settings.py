@@ -1,0 +1,78 @@
+"""Settings: the retentions and how they are written in the environment."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from acme_orders.settings import Settings
+
+
+def test_retentions_have_safe_defaults() -> None:
+    settings = Settings()
+
+    assert settings.outbox_retention == timedelta(days=7)
+    assert settings.processed_events_retention == timedelta(days=30)
+    assert settings.idempotency_key_retention == timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("written", "meaning"),
+    [
+        ("P7D", timedelta(days=7)),
+        ("PT12H", timedelta(hours=12)),
+        ("P1DT30M", timedelta(days=1, minutes=30)),
+        ("3600", timedelta(hours=1)),
+        ("90.5", timedelta(seconds=90.5)),
+    ],
+)
+def test_retentions_are_read_as_iso_8601_durations_or_seconds(
+    monkeypatch: pytest.MonkeyPatch, written: str, meaning: timedelta
+) -> None:
+    monkeypatch.setenv("OUTBOX_RETENTION", written)
+    monkeypatch.setenv("IDEMPOTENCY_KEY_RETENTION", written)
+
+    settings = Settings()
+
+    assert settings.outbox_retention == meaning
+    assert settings.idempotency_key_retention == meaning
+
+
+def test_processed_events_must_be_kept_at_least_as_long_as_the_outbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OUTBOX_RETENTION", "P10D")
+    monkeypatch.setenv("PROCESSED_EVENTS_RETENTION", "P5D")
+
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+
+    message = str(refused.value)
+    assert "PROCESSED_EVENTS_RETENTION (5 days, 0:00:00) must be at least OUTBOX_RETENTION" in (
+        message
+    )
+    assert "redelivery" in message
+
+
+def test_processed_events_must_be_kept_at_least_a_day() -> None:
+    with pytest.raises(ValidationError, match=r"PROCESSED_EVENTS_RETENTION .* at least 1 day"):
+        Settings(
+            outbox_retention=timedelta(hours=1), processed_events_retention=timedelta(hours=23)
+        )
+
+
+@pytest.mark.parametrize(
+    "field", ["outbox_retention", "idempotency_key_retention", "housekeeping_interval"]
+)
+def test_zero_is_refused(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: 0})  # type: ignore[arg-type]
+
+
+def test_a_retention_that_is_not_a_duration_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTBOX_RETENTION", "a week")
+
+    with pytest.raises(ValidationError, match="outbox_retention"):
+        Settings()
