@@ -19,6 +19,7 @@ import asyncpg
 
 from acme_orders import database, messaging
 from acme_orders.settings import Settings
+from tests.processes import pid_alive
 
 ADMIN_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -26,16 +27,6 @@ ADMIN_DATABASE_URL = os.environ.get(
 RABBITMQ_BASE_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQ_USER = os.environ.get("TEST_RABBITMQ_USER", "guest")
 NAME_PATTERN = re.compile(r"^acme_test_(\d+)_[0-9a-f]+$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -131,7 +122,7 @@ async def sweep_abandoned_environments() -> None:
     vhosts = (await asyncio.to_thread(rabbitmqctl, "list_vhosts", "name")).split()
     for name in sorted(set(databases) | {v for v in vhosts if v.startswith("acme_test_")}):
         match = NAME_PATTERN.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             admin = await asyncpg.connect(ADMIN_DATABASE_URL)
             try:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,16 +13,29 @@ from pathlib import Path
 
 from tests.waiting import wait_until
 
-OUTPUT_DIR = Path(
+OUTPUT_ROOT = Path(
     os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parents[1] / "test-output")
 )
+# Each run keeps its services' logs in a folder of its own, named after its pid.
+OUTPUT_DIR = OUTPUT_ROOT / f"run-{os.getpid()}"
 
 
 def clear_output() -> None:
-    """Remove the logs of an earlier run."""
-    if OUTPUT_DIR.is_dir():
-        for old in OUTPUT_DIR.glob("*.log"):
-            old.unlink()
+    """Remove the log folders of runs that are over."""
+    for folder in OUTPUT_ROOT.glob("run-*"):
+        pid = folder.name.removeprefix("run-")
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def free_port() -> int:
@@ -72,15 +87,33 @@ class ServiceProcess:
 
         await wait_until(seen, deadline=deadline, what=f"{text!r} in {self.log_path.name}")
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, and the exit code once it has stopped."""
+    async def stop(self, within: float = 20.0) -> int:
+        """SIGTERM, and the exit code once it has stopped. One that does not stop in time is
+        killed, so no test leaves a process behind, and the test fails.
+
+        Awaited, not blocking: the event loop may be running what the process needs in order to
+        stop (the tests' TCP proxies)."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+        try:
+            return await asyncio.to_thread(self.process.wait, within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"{self.log_path.name}: still running {within}s after SIGTERM; killed"
+            ) from None
 
     def kill(self) -> None:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
+
+
+async def stop_all(processes: list[ServiceProcess]) -> None:
+    """Stop every process at once, even when some fail to stop; then report the failures."""
+    results = await asyncio.gather(*(p.stop() for p in processes), return_exceptions=True)
+    failures = [str(r) for r in results if isinstance(r, BaseException)]
+    assert not failures, "; ".join(failures)

@@ -14,7 +14,7 @@ import pytest
 from acme_orders.cli import CONSUMER_QUEUES, SERVICES
 from acme_orders.orders import FINAL_STATUSES
 from tests.environment import TestEnvironment, create_environment, drop_environment
-from tests.processes import ServiceProcess, free_port
+from tests.processes import ServiceProcess, free_port, stop_all
 from tests.waiting import wait_until
 
 
@@ -32,14 +32,22 @@ async def wait_for_api(url: str, process: ServiceProcess) -> None:
         await wait_until(healthy, deadline=30, what="the API to answer /health")
 
 
+async def wait_ready(process: ServiceProcess) -> None:
+    if process.args[-1] == "api":
+        await wait_for_api(f"http://127.0.0.1:{process.env['API_PORT']}", process)
+    else:
+        await process.wait_for_log("ready:", deadline=30)
+
+
 async def start_service(
     name: str, env: dict[str, str], log_name: str | None = None
 ) -> ServiceProcess:
     process = ServiceProcess.service(name, env, log_name).start()
-    if name == "api":
-        await wait_for_api(f"http://127.0.0.1:{env['API_PORT']}", process)
-    else:
-        await process.wait_for_log("ready:", deadline=30)
+    try:
+        await wait_ready(process)
+    except BaseException:
+        process.kill()
+        raise
     return process
 
 
@@ -91,7 +99,7 @@ class System:
 
     async def replace(self, name: str, **overrides: str) -> None:
         """Stop a service and start it again with some settings changed."""
-        assert self.processes[name].stop() == 0
+        assert await self.processes[name].stop() == 0
         self.processes[name] = await start_service(name, self.environ | overrides)
 
     def logs(self) -> str:
@@ -105,16 +113,14 @@ async def system() -> AsyncIterator[System]:
     environ = env.environ(API_PORT=str(port), PAYMENT_SUCCESS_RATE="1.0")
     pool = await asyncpg.create_pool(env.database_url, min_size=1, max_size=4)
     assert pool is not None
-    processes = dict(
-        zip(
-            SERVICES,
-            await asyncio.gather(*(start_service(name, environ) for name in SERVICES)),
-            strict=True,
-        )
-    )
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        yield System(env, environ, client, pool, processes)
-    for process in processes.values():
-        process.stop()
-    await pool.close()
-    await drop_environment(env.name)
+    processes = {name: ServiceProcess.service(name, environ).start() for name in SERVICES}
+    try:
+        await asyncio.gather(*(wait_ready(p) for p in processes.values()))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield System(env, environ, client, pool, processes)
+    finally:
+        try:
+            await stop_all(list(processes.values()))
+        finally:
+            await pool.close()
+            await drop_environment(env.name)

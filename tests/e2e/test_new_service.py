@@ -32,5 +32,5 @@ async def test_analytics_example_sees_every_event_of_an_order(system: System) ->
         ]:
             await analytics.wait_for_log(f"EVENT {routing_key} {event_type} order={order['id']}")
     finally:
-        assert analytics.stop() == 0
+        assert await analytics.stop() == 0
     assert "counted {" in analytics.log()

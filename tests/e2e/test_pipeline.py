@@ -16,9 +16,9 @@ import pytest
 
 from acme_orders.events import EXCHANGE
 from tests.conftest import NewProduct, add_product, stock_of
-from tests.e2e.conftest import System, start_service, wait_for_api
+from tests.e2e.conftest import System, wait_for_api, wait_ready
 from tests.environment import TestEnvironment
-from tests.processes import ServiceProcess, free_port
+from tests.processes import ServiceProcess, free_port, stop_all
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -193,19 +193,22 @@ async def test_two_publishers_drain_one_outbox_without_duplicates(
             key,
         )
         environ = fresh_env.environ(OUTBOX_BATCH_SIZE="100")
-        publishers = await asyncio.gather(
-            *(start_service("publisher", environ, log_name=f"publisher-{n}") for n in (1, 2))
-        )
+        publishers = [
+            ServiceProcess.service("publisher", environ, f"publisher-{n}").start() for n in (1, 2)
+        ]
 
         async def drained() -> bool:
             unsent = await conn.fetchval("SELECT count(*) FROM event_outbox WHERE status = 'NEW'")
             return bool(unsent == 0)
 
         try:
+            await asyncio.gather(*(wait_ready(p) for p in publishers))
             await wait_until(drained, deadline=60, what="the outbox drained")
         finally:
-            exit_codes = [p.stop() for p in publishers]
-            await conn.close()
+            try:
+                await stop_all(publishers)
+            finally:
+                await conn.close()
 
         # Every row was confirmed before it was marked SENT, so all of them are in the queue.
         queue = await channel.declare_queue(key, durable=True)
@@ -215,7 +218,6 @@ async def test_two_publishers_drain_one_outbox_without_duplicates(
 
     assert queue.declaration_result.message_count == 3000
     assert len(message_ids) == 3000
-    assert exit_codes == [0, 0]
     for publisher in publishers:
         assert "relayed" in publisher.log(), "each publisher should have taken a share"
 
@@ -249,7 +251,7 @@ async def test_run_all_starts_the_system_and_stops_it_cleanly(fresh_env: TestEnv
 
             await wait_until(paid, what="the order paid")
     finally:
-        exit_code = process.stop(timeout=30)
+        exit_code = await process.stop(within=30)
 
     assert exit_code == 0
     log = process.log()
