@@ -107,6 +107,8 @@ class Load:
     skus: list[str]
     accepted: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> order id
     rejected: list[str] = field(default_factory=list)
+    unavailable: int = 0  # answers 503
+    unreachable: int = 0  # no answer at all
 
     async def run(self, orders: int, rate: float) -> None:
         shape = random.Random(7)
@@ -131,7 +133,7 @@ class Load:
                     "/orders", json=body, headers={"Idempotency-Key": key}
                 )
             except httpx.TransportError:
-                pass  # the API is down or restarting: try again, with the same key
+                self.unreachable += 1  # the API is down or restarting: again, with the same key
             else:
                 if response.status_code == 201:
                     self.accepted[key] = response.json()["id"]
@@ -139,30 +141,37 @@ class Load:
                 if response.status_code != 503:
                     self.rejected.append(f"{response.status_code} {response.text}")
                     return
+                self.unavailable += 1
             await asyncio.sleep(0.1)
         self.rejected.append(f"not accepted within 60s: {body}")
 
 
-Fault = Callable[[Deployment], Awaitable[None]]
+Fault = Callable[[Deployment, Load], Awaitable[None]]
 
 
 def kill(service: str) -> Fault:
-    async def inject(deployed: Deployment) -> None:
+    async def inject(deployed: Deployment, load: Load) -> None:
         await deployed.kill_and_restart(service)
+        if service == "api":
+            assert load.unreachable > 0, "clients saw the API go away, and retried"
 
     return inject
 
 
-async def cut_broker(deployed: Deployment) -> None:
+async def cut_broker(deployed: Deployment, load: Load) -> None:
     await deployed.broker.cut()
+    before = len(load.accepted)
     await asyncio.sleep(OUTAGE_SECONDS)  # the length of the outage, not a wait for a result
+    accepted_while_away = len(load.accepted) - before
     await deployed.broker.restore()
+    assert accepted_while_away > 0, "the API accepts orders while RabbitMQ is away"
 
 
-async def cut_database(deployed: Deployment) -> None:
+async def cut_database(deployed: Deployment, load: Load) -> None:
     await deployed.database.cut()
     await asyncio.sleep(OUTAGE_SECONDS)
     await deployed.database.restore()
+    assert load.unavailable > 0, "the API answered 503 while the database was away"
 
 
 FAULTS: dict[str, Fault] = {
@@ -187,7 +196,7 @@ async def test_every_order_survives_the_fault_exactly_once(
         await wait_until(
             lambda: _now(len(load.accepted) >= ORDERS // 3), deadline=60, what="a third placed"
         )
-        await fault(deployment)
+        await fault(deployment, load)
 
     await asyncio.gather(load.run(ORDERS, RATE), inject_at_a_third())
 

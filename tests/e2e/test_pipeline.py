@@ -128,42 +128,6 @@ async def test_failed_payment_gives_the_stock_back(system: System, new_product: 
     assert f"RELEASED order {order['id']}" in logs
 
 
-async def test_redelivered_event_changes_nothing(system: System, new_product: NewProduct) -> None:
-    sku = await new_product(stock=10)
-    order = await system.place_order([(sku, 1)])
-    await system.wait_for_final_status(order["id"])
-    await system.wait_until_settled(order["id"])
-    placed = await system.pool.fetchrow(
-        """
-        SELECT event_id, payload::text AS payload FROM event_outbox
-        WHERE order_id = $1 AND event_type = 'OrderPlaced'
-        """,
-        UUID(order["id"]),
-    )
-    assert placed is not None
-
-    connection = await aio_pika.connect(system.env.rabbitmq_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(EXCHANGE)
-        await exchange.publish(
-            aio_pika.Message(
-                placed["payload"].encode(),
-                message_id=str(placed["event_id"]),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key="order.placed",
-        )
-    await system.processes["inventory"].wait_for_log(
-        f"duplicate OrderPlaced {placed['event_id']} for order {order['id']} ignored"
-    )
-
-    assert await stock_of(system.pool, sku) == 9
-    assert len(await outbox_of(system, order["id"])) == 3
-    assert await notifications_of(system, order["id"]) == ["order_paid"]
-
-
 async def test_concurrent_orders_never_oversell(system: System, new_product: NewProduct) -> None:
     sku = await new_product(stock=20)
 
