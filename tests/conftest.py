@@ -7,8 +7,10 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
+import aio_pika
 import asyncpg
 import pytest
+from aio_pika.abc import AbstractChannel
 
 from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.settings import Settings
@@ -69,6 +71,23 @@ async def add_product(pool: asyncpg.Pool, stock: int, price: Decimal = Decimal("
         stock,
     )
     return sku
+
+
+@pytest.fixture
+async def fresh_pool(fresh_env: TestEnvironment) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test's own database: every row the test counts is one it wrote."""
+    pool = await asyncpg.create_pool(fresh_env.database_url, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def fresh_channel(fresh_env: TestEnvironment) -> AsyncIterator[AbstractChannel]:
+    """A channel with publisher confirms on the test's own vhost."""
+    connection = await aio_pika.connect(fresh_env.rabbitmq_url)
+    async with connection:
+        yield await connection.channel(publisher_confirms=True)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -23,24 +22,16 @@ from tests.environment import TestEnvironment
 from tests.waiting import wait_until
 
 
-# The test's own vhost: nobody else's consumers or dead letters.
-@pytest.fixture
-async def channel(fresh_env: TestEnvironment) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(fresh_env.rabbitmq_url)
-    async with connection:
-        yield await connection.channel(publisher_confirms=True)
-
-
 @pytest.fixture
 def env_settings(fresh_env: TestEnvironment) -> Settings:
     return fresh_env.settings()
 
 
 @pytest.fixture
-async def queue_spec(channel: AbstractChannel) -> QueueSpec:
+async def queue_spec(fresh_channel: AbstractChannel) -> QueueSpec:
     key = f"test.{secrets.token_hex(4)}"
     spec = QueueSpec(f"testsvc.{key}", (key,))
-    await declare_queue(channel, spec)
+    await declare_queue(fresh_channel, spec)
     return spec
 
 
@@ -106,18 +97,22 @@ async def drain(channel: AbstractChannel, name: str) -> list[AbstractIncomingMes
 
 
 async def test_list_shows_every_dead_letter_with_its_reason_and_removes_none(
-    channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
+    fresh_channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
 ) -> None:
     parked_body, parked_order = event_body()
     parked_id = await park(
-        channel, queue_spec, parked_body, "order x does not exist", type_="OrderPlaced"
+        fresh_channel, queue_spec, parked_body, "order x does not exist", type_="OrderPlaced"
     )
     # No AMQP type: the event type comes from the body.
     untyped_body, untyped_order = event_body("PaymentFailed")
-    untyped_id = await park(channel, queue_spec, untyped_body, "invalid PaymentFailed", type_=None)
-    garbage_id = await park(channel, queue_spec, b"\x00\xffgarbage", "body is not JSON", type_=None)
+    untyped_id = await park(
+        fresh_channel, queue_spec, untyped_body, "invalid PaymentFailed", type_=None
+    )
+    garbage_id = await park(
+        fresh_channel, queue_spec, b"\x00\xffgarbage", "body is not JSON", type_=None
+    )
     broker_body, broker_order = event_body()
-    broker_id = await dead_lettered_by_rabbitmq(channel, queue_spec, broker_body)
+    broker_id = await dead_lettered_by_rabbitmq(fresh_channel, queue_spec, broker_body)
 
     letters = await list_dead_letters(env_settings, [queue_spec.name])
 
@@ -149,9 +144,9 @@ async def test_list_shows_every_dead_letter_with_its_reason_and_removes_none(
     assert broker.dead_lettered_at is not None
     # Nothing was taken: listing again finds the same, in the same order.
     await wait_until(
-        lambda: dlq_count(channel, queue_spec, at_least=4), what="every dead letter back"
+        lambda: dlq_count(fresh_channel, queue_spec, at_least=4), what="every dead letter back"
     )
-    assert await dlq_count(channel, queue_spec) == 4
+    assert await dlq_count(fresh_channel, queue_spec) == 4
     again = await list_dead_letters(env_settings, [queue_spec.dead_letter_queue])
     assert [letter.message_id for letter in again] == [letter.message_id for letter in letters]
 
@@ -161,11 +156,11 @@ async def test_list_of_an_empty_dlq_is_empty(queue_spec: QueueSpec, env_settings
 
 
 async def test_replay_with_ids_moves_only_those_back_to_the_queue(
-    channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
+    fresh_channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
 ) -> None:
     bodies = [event_body()[0] for _ in range(3)]
     ids = [
-        await park(channel, queue_spec, body, f"reason {n}", type_="OrderPlaced")
+        await park(fresh_channel, queue_spec, body, f"reason {n}", type_="OrderPlaced")
         for n, body in enumerate(bodies)
     ]
 
@@ -173,7 +168,7 @@ async def test_replay_with_ids_moves_only_those_back_to_the_queue(
 
     assert moved == 1
     back = await wait_until(
-        lambda: drain(channel, queue_spec.name), what="the replayed message in the queue"
+        lambda: drain(fresh_channel, queue_spec.name), what="the replayed message in the queue"
     )
     assert len(back) == 1
     replayed = back[0]
@@ -187,17 +182,17 @@ async def test_replay_with_ids_moves_only_those_back_to_the_queue(
     assert headers["x-custom"] == "kept"
     assert "x-replayed-at" in headers
     # The others stay in the DLQ, in their order.
-    await wait_until(lambda: dlq_count(channel, queue_spec, at_least=2), what="the rest back")
+    await wait_until(lambda: dlq_count(fresh_channel, queue_spec, at_least=2), what="the rest back")
     assert [
         letter.message_id for letter in await list_dead_letters(env_settings, [queue_spec.name])
     ] == [ids[0], ids[2]]
 
 
 async def test_replay_without_ids_moves_them_all_and_drops_x_death(
-    channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
+    fresh_channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
 ) -> None:
-    parked_id = await park(channel, queue_spec, event_body()[0], "some reason", type_=None)
-    broker_id = await dead_lettered_by_rabbitmq(channel, queue_spec, event_body()[0])
+    parked_id = await park(fresh_channel, queue_spec, event_body()[0], "some reason", type_=None)
+    broker_id = await dead_lettered_by_rabbitmq(fresh_channel, queue_spec, event_body()[0])
 
     # Given by its DLQ's name, which works as well.
     moved = await replay_dead_letters(env_settings, queue_spec.dead_letter_queue, None)
@@ -206,28 +201,28 @@ async def test_replay_without_ids_moves_them_all_and_drops_x_death(
     back: list[AbstractIncomingMessage] = []
 
     async def both_back() -> bool:
-        back.extend(await drain(channel, queue_spec.name))
+        back.extend(await drain(fresh_channel, queue_spec.name))
         return len(back) >= 2
 
     await wait_until(both_back, what="both messages back in the queue")
     assert [m.message_id for m in back] == [parked_id, broker_id]
     assert "x-death" not in (back[1].headers or {})
-    assert await dlq_count(channel, queue_spec) == 0
+    assert await dlq_count(fresh_channel, queue_spec) == 0
     assert await replay_dead_letters(env_settings, queue_spec.name, None) == 0
 
 
 async def test_replay_to_the_queue_only_not_to_other_subscribers(
-    channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
+    fresh_channel: AbstractChannel, queue_spec: QueueSpec, env_settings: Settings
 ) -> None:
     # Another service bound to the same routing key must not get the replayed event again.
     other = QueueSpec(f"othersvc.{queue_spec.routing_keys[0]}", queue_spec.routing_keys)
-    await declare_queue(channel, other)
-    await park(channel, queue_spec, event_body()[0], "some reason", type_="OrderPlaced")
+    await declare_queue(fresh_channel, other)
+    await park(fresh_channel, queue_spec, event_body()[0], "some reason", type_="OrderPlaced")
 
     assert await replay_dead_letters(env_settings, queue_spec.name, None) == 1
 
-    await wait_until(lambda: drain(channel, queue_spec.name), what="the replayed message")
-    assert await drain(channel, other.name) == []
+    await wait_until(lambda: drain(fresh_channel, queue_spec.name), what="the replayed message")
+    assert await drain(fresh_channel, other.name) == []
 
 
 async def test_unknown_queue_is_reported(env_settings: Settings) -> None:

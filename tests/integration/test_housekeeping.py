@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from uuid import UUID, uuid4
 
@@ -24,15 +23,6 @@ from tests.environment import TestEnvironment
 from tests.waiting import wait_until
 
 DAY = timedelta(days=1)
-
-
-# A database of their own: every row these tests count is one they wrote.
-@pytest.fixture
-async def pool(fresh_env: TestEnvironment) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(fresh_env.database_url, min_size=1, max_size=4)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 async def add_outbox_rows(
@@ -93,71 +83,77 @@ async def add_idempotency_keys(pool: asyncpg.Pool, n: int, age: timedelta) -> li
 
 
 async def test_old_sent_rows_go_young_sent_and_new_rows_of_any_age_stay(
-    pool: asyncpg.Pool,
+    fresh_pool: asyncpg.Pool,
 ) -> None:
-    old_sent = await add_outbox_rows(pool, 3, status="SENT", age=10 * DAY, published_age=8 * DAY)
-    young_sent = await add_outbox_rows(pool, 2, status="SENT", age=10 * DAY, published_age=6 * DAY)
-    old_new = await add_outbox_rows(pool, 2, status="NEW", age=30 * DAY, published_age=None)
-    young_new = await add_outbox_rows(pool, 1, status="NEW", age=timedelta(0), published_age=None)
+    old_sent = await add_outbox_rows(
+        fresh_pool, 3, status="SENT", age=10 * DAY, published_age=8 * DAY
+    )
+    young_sent = await add_outbox_rows(
+        fresh_pool, 2, status="SENT", age=10 * DAY, published_age=6 * DAY
+    )
+    old_new = await add_outbox_rows(fresh_pool, 2, status="NEW", age=30 * DAY, published_age=None)
+    young_new = await add_outbox_rows(
+        fresh_pool, 1, status="NEW", age=timedelta(0), published_age=None
+    )
 
-    deleted = await purge_sent_events(pool, older_than=7 * DAY, batch_size=100)
+    deleted = await purge_sent_events(fresh_pool, older_than=7 * DAY, batch_size=100)
 
     assert deleted == len(old_sent)
-    assert await outbox_ids(pool) == {*young_sent, *old_new, *young_new}
+    assert await outbox_ids(fresh_pool) == {*young_sent, *old_new, *young_new}
 
 
-async def test_sent_rows_are_purged_in_batches_until_none_is_left(pool: asyncpg.Pool) -> None:
-    old = await add_outbox_rows(pool, 25, status="SENT", age=3 * DAY, published_age=2 * DAY)
-    young = await add_outbox_rows(pool, 3, status="SENT", age=DAY, published_age=timedelta(0))
+async def test_sent_rows_are_purged_in_batches_until_none_is_left(fresh_pool: asyncpg.Pool) -> None:
+    old = await add_outbox_rows(fresh_pool, 25, status="SENT", age=3 * DAY, published_age=2 * DAY)
+    young = await add_outbox_rows(fresh_pool, 3, status="SENT", age=DAY, published_age=timedelta(0))
 
     # 25 rows in batches of 10: two full batches, then a short one that ends the purge.
-    assert await purge_sent_events(pool, older_than=DAY, batch_size=10) == len(old)
-    assert await outbox_ids(pool) == set(young)
+    assert await purge_sent_events(fresh_pool, older_than=DAY, batch_size=10) == len(old)
+    assert await outbox_ids(fresh_pool) == set(young)
     # Exactly a multiple of the batch size: the last, empty batch ends it.
-    more = await add_outbox_rows(pool, 20, status="SENT", age=3 * DAY, published_age=2 * DAY)
-    assert await purge_sent_events(pool, older_than=DAY, batch_size=10) == len(more)
-    assert await purge_sent_events(pool, older_than=DAY, batch_size=10) == 0
+    more = await add_outbox_rows(fresh_pool, 20, status="SENT", age=3 * DAY, published_age=2 * DAY)
+    assert await purge_sent_events(fresh_pool, older_than=DAY, batch_size=10) == len(more)
+    assert await purge_sent_events(fresh_pool, older_than=DAY, batch_size=10) == 0
 
 
-async def test_purgers_running_at_once_share_the_rows(pool: asyncpg.Pool) -> None:
-    old = await add_outbox_rows(pool, 300, status="SENT", age=3 * DAY, published_age=2 * DAY)
+async def test_purgers_running_at_once_share_the_rows(fresh_pool: asyncpg.Pool) -> None:
+    old = await add_outbox_rows(fresh_pool, 300, status="SENT", age=3 * DAY, published_age=2 * DAY)
 
     counts = await asyncio.gather(
-        *(purge_sent_events(pool, older_than=DAY, batch_size=7) for _ in range(3))
+        *(purge_sent_events(fresh_pool, older_than=DAY, batch_size=7) for _ in range(3))
     )
 
     # SKIP LOCKED: no row is deleted twice, and none waits for another purger's lock. A purger
     # may stop early on a batch shortened by the others, so the last word is one more run.
-    assert sum(counts) + await purge_sent_events(pool, DAY, batch_size=7) == len(old)
-    assert await outbox_ids(pool) == set()
+    assert sum(counts) + await purge_sent_events(fresh_pool, DAY, batch_size=7) == len(old)
+    assert await outbox_ids(fresh_pool) == set()
 
 
-async def test_old_processed_events_go_and_young_ones_stay(pool: asyncpg.Pool) -> None:
-    old = await add_processed_events(pool, 12, age=31 * DAY)
-    young = await add_processed_events(pool, 4, age=29 * DAY)
+async def test_old_processed_events_go_and_young_ones_stay(fresh_pool: asyncpg.Pool) -> None:
+    old = await add_processed_events(fresh_pool, 12, age=31 * DAY)
+    young = await add_processed_events(fresh_pool, 4, age=29 * DAY)
 
-    deleted = await purge_processed_events(pool, older_than=30 * DAY, batch_size=5)
+    deleted = await purge_processed_events(fresh_pool, older_than=30 * DAY, batch_size=5)
 
     assert deleted == len(old)
-    left = {r["event_id"] for r in await pool.fetch("SELECT event_id FROM processed_events")}
+    left = {r["event_id"] for r in await fresh_pool.fetch("SELECT event_id FROM processed_events")}
     assert left == set(young)
 
 
-async def test_old_idempotency_keys_go_and_young_ones_stay(pool: asyncpg.Pool) -> None:
-    old = await add_idempotency_keys(pool, 5, age=2 * DAY)
-    young = await add_idempotency_keys(pool, 2, age=timedelta(hours=12))
+async def test_old_idempotency_keys_go_and_young_ones_stay(fresh_pool: asyncpg.Pool) -> None:
+    old = await add_idempotency_keys(fresh_pool, 5, age=2 * DAY)
+    young = await add_idempotency_keys(fresh_pool, 2, age=timedelta(hours=12))
 
-    deleted = await purge_idempotency_keys(pool, older_than=DAY, batch_size=2)
+    deleted = await purge_idempotency_keys(fresh_pool, older_than=DAY, batch_size=2)
 
     assert deleted == len(old)
-    left = {r["key"] for r in await pool.fetch("SELECT key FROM idempotency_keys")}
+    left = {r["key"] for r in await fresh_pool.fetch("SELECT key FROM idempotency_keys")}
     assert left == set(young)
     # The orders themselves are not housekeeping's business.
-    assert await pool.fetchval("SELECT count(*) FROM orders") == len(old) + len(young)
+    assert await fresh_pool.fetchval("SELECT count(*) FROM orders") == len(old) + len(young)
 
 
 async def test_purge_all_uses_the_configured_retentions(
-    fresh_env: TestEnvironment, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = fresh_env.settings(
         outbox_retention=timedelta(days=2),
@@ -165,37 +161,41 @@ async def test_purge_all_uses_the_configured_retentions(
         idempotency_key_retention=timedelta(hours=1),
         housekeeping_batch_size=2,
     )
-    await add_outbox_rows(pool, 3, status="SENT", age=4 * DAY, published_age=2.5 * DAY)
-    kept_outbox = await add_outbox_rows(pool, 1, status="SENT", age=4 * DAY, published_age=DAY)
-    await add_processed_events(pool, 2, age=3.5 * DAY)
-    await add_processed_events(pool, 1, age=2.5 * DAY)
-    await add_idempotency_keys(pool, 1, age=timedelta(hours=2))
+    await add_outbox_rows(fresh_pool, 3, status="SENT", age=4 * DAY, published_age=2.5 * DAY)
+    kept_outbox = await add_outbox_rows(
+        fresh_pool, 1, status="SENT", age=4 * DAY, published_age=DAY
+    )
+    await add_processed_events(fresh_pool, 2, age=3.5 * DAY)
+    await add_processed_events(fresh_pool, 1, age=2.5 * DAY)
+    await add_idempotency_keys(fresh_pool, 1, age=timedelta(hours=2))
 
     with caplog.at_level(logging.INFO, logger="acme_orders.housekeeping"):
-        counts = await purge_all(pool, settings)
-        again = await purge_all(pool, settings)
+        counts = await purge_all(fresh_pool, settings)
+        again = await purge_all(fresh_pool, settings)
 
     assert counts == {"event_outbox": 3, "processed_events": 2, "idempotency_keys": 1}
     assert again == {"event_outbox": 0, "processed_events": 0, "idempotency_keys": 0}
-    assert await outbox_ids(pool) == set(kept_outbox)
+    assert await outbox_ids(fresh_pool) == set(kept_outbox)
     # One line for the purge that deleted something, none for the one that did not.
     assert [r.getMessage() for r in caplog.records if r.name == "acme_orders.housekeeping"] == [
         "purged 3 SENT outbox rows, 2 processed_events, 1 idempotency keys"
     ]
 
 
-async def test_outbox_status_counts_rows_and_finds_the_oldest_new_one(pool: asyncpg.Pool) -> None:
-    empty = await outbox_status(pool)
+async def test_outbox_status_counts_rows_and_finds_the_oldest_new_one(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    empty = await outbox_status(fresh_pool)
     assert empty.counts == {"NEW": 0, "SENT": 0}
     assert empty.oldest_new_age is None
     assert empty.oldest_new_id is None
 
-    await add_outbox_rows(pool, 3, status="SENT", age=DAY, published_age=DAY)
-    await add_outbox_rows(pool, 1, status="NEW", age=timedelta(hours=1), published_age=None)
-    await add_outbox_rows(pool, 1, status="NEW", age=timedelta(0), published_age=None)
-    first_new = await pool.fetchval("SELECT min(id) FROM event_outbox WHERE status = 'NEW'")
+    await add_outbox_rows(fresh_pool, 3, status="SENT", age=DAY, published_age=DAY)
+    await add_outbox_rows(fresh_pool, 1, status="NEW", age=timedelta(hours=1), published_age=None)
+    await add_outbox_rows(fresh_pool, 1, status="NEW", age=timedelta(0), published_age=None)
+    first_new = await fresh_pool.fetchval("SELECT min(id) FROM event_outbox WHERE status = 'NEW'")
 
-    status = await outbox_status(pool)
+    status = await outbox_status(fresh_pool)
 
     assert status.counts == {"NEW": 2, "SENT": 3}
     assert status.oldest_new_id == first_new

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
@@ -38,21 +37,6 @@ async def acme_orders(env: dict[str, str], *args: str) -> subprocess.CompletedPr
     )
 
 
-@pytest.fixture
-async def pool(fresh_env: TestEnvironment) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(fresh_env.database_url, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def channel(fresh_env: TestEnvironment) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(fresh_env.rabbitmq_url)
-    async with connection:
-        yield await connection.channel(publisher_confirms=True)
-
-
 async def park(channel: AbstractChannel, reason: str) -> tuple[str, str]:
     """A message in inventory's DLQ, as its consumer parks one; returns (message id, order id)."""
     message_id, order_id = str(uuid4()), str(uuid4())
@@ -76,20 +60,20 @@ async def park(channel: AbstractChannel, reason: str) -> tuple[str, str]:
 
 
 async def test_outbox_status_prints_the_counts_and_the_oldest_new_row(
-    fresh_env: TestEnvironment, pool: asyncpg.Pool
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
 ) -> None:
     empty = await acme_orders(fresh_env.environ(), "outbox", "status")
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout == "NEW 0, SENT 0; no NEW rows\n"
 
-    await pool.executemany(
+    await fresh_pool.executemany(
         """
         INSERT INTO event_outbox (event_id, event_type, routing_key, payload, status, created_at)
         VALUES ($1, 'TestHappened', 'test.happened', '{}', $2, now() - interval '90 seconds')
         """,
         [(uuid4(), "NEW"), (uuid4(), "NEW"), (uuid4(), "SENT")],
     )
-    first_new = await pool.fetchval("SELECT min(id) FROM event_outbox WHERE status = 'NEW'")
+    first_new = await fresh_pool.fetchval("SELECT min(id) FROM event_outbox WHERE status = 'NEW'")
 
     result = await acme_orders(fresh_env.environ(), "outbox", "status")
 
@@ -100,9 +84,9 @@ async def test_outbox_status_prints_the_counts_and_the_oldest_new_row(
 
 
 async def test_outbox_purge_prints_what_it_deleted(
-    fresh_env: TestEnvironment, pool: asyncpg.Pool
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
 ) -> None:
-    await pool.execute(
+    await fresh_pool.execute(
         """
         INSERT INTO event_outbox (event_id, event_type, routing_key, payload, status, published_at)
         VALUES ($1, 'TestHappened', 'test.happened', '{}', 'SENT', now() - interval '8 days')
@@ -114,17 +98,17 @@ async def test_outbox_purge_prints_what_it_deleted(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("deleted 1 SENT outbox rows (older than 7d), ")
-    assert await pool.fetchval("SELECT count(*) FROM event_outbox") == 0
+    assert await fresh_pool.fetchval("SELECT count(*) FROM event_outbox") == 0
 
 
 async def test_dlq_list_prints_each_dead_letter_with_its_reason(
-    fresh_env: TestEnvironment, channel: AbstractChannel
+    fresh_env: TestEnvironment, fresh_channel: AbstractChannel
 ) -> None:
     empty = await acme_orders(fresh_env.environ(), "dlq", "list")
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout == "no dead letters\n"
 
-    message_id, order_id = await park(channel, f"order {uuid4()} does not exist")
+    message_id, order_id = await park(fresh_channel, f"order {uuid4()} does not exist")
 
     # Without a queue, every consumer queue's DLQ is looked at.
     result = await acme_orders(fresh_env.environ(), "dlq", "list")
@@ -141,10 +125,10 @@ async def test_dlq_list_prints_each_dead_letter_with_its_reason(
 
 
 async def test_dlq_replay_of_one_id_prints_one_moved(
-    fresh_env: TestEnvironment, channel: AbstractChannel
+    fresh_env: TestEnvironment, fresh_channel: AbstractChannel
 ) -> None:
-    message_id, _ = await park(channel, "reason one")
-    await park(channel, "reason two")
+    message_id, _ = await park(fresh_channel, "reason one")
+    await park(fresh_channel, "reason two")
 
     result = await acme_orders(
         fresh_env.environ(), "dlq", "replay", ORDER_PLACED_QUEUE.name, "--id", message_id
@@ -154,7 +138,7 @@ async def test_dlq_replay_of_one_id_prints_one_moved(
     assert result.stdout == (
         f"1 moved from {ORDER_PLACED_QUEUE.dead_letter_queue} back to {ORDER_PLACED_QUEUE.name}\n"
     )
-    back = await channel.get_queue(ORDER_PLACED_QUEUE.name)
+    back = await fresh_channel.get_queue(ORDER_PLACED_QUEUE.name)
     replayed = await back.get(no_ack=True, fail=False)
     assert replayed is not None
     assert replayed.message_id == message_id

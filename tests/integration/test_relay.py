@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
 import aio_pika
@@ -16,22 +15,6 @@ from acme_orders.events import EXCHANGE
 from acme_orders.messaging import declare_exchange
 from acme_orders.publisher.relay import relay_outbox_batch
 from tests.environment import TestEnvironment
-
-
-# Their own database and vhost: no other publisher may relay these tests' rows.
-@pytest.fixture
-async def channel(fresh_env: TestEnvironment) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect_robust(fresh_env.rabbitmq_url)
-    async with connection:
-        yield await connection.channel(publisher_confirms=True)
-
-
-@pytest.fixture
-async def pool(fresh_env: TestEnvironment) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(fresh_env.database_url, min_size=1, max_size=2)
-    assert pool is not None
-    yield pool
-    await pool.close()
 
 
 async def insert_events(pool: asyncpg.Pool, routing_key: str, n: int) -> list[UUID]:
@@ -53,15 +36,15 @@ async def bound_queue(channel: AbstractChannel, routing_key: str) -> AbstractQue
 
 
 async def test_relay_publishes_new_rows_in_id_order_then_marks_them_sent(
-    channel: AbstractChannel, pool: asyncpg.Pool
+    fresh_channel: AbstractChannel, fresh_pool: asyncpg.Pool
 ) -> None:
     key = f"test.{secrets.token_hex(4)}"
-    queue = await bound_queue(channel, key)
-    exchange = await declare_exchange(channel)
-    ids = await insert_events(pool, key, 120)
+    queue = await bound_queue(fresh_channel, key)
+    exchange = await declare_exchange(fresh_channel)
+    ids = await insert_events(fresh_pool, key, 120)
 
     relayed = 0
-    while batch := await relay_outbox_batch(pool, exchange, limit=50):
+    while batch := await relay_outbox_batch(fresh_pool, exchange, limit=50):
         relayed += batch
 
     received = []
@@ -74,7 +57,7 @@ async def test_relay_publishes_new_rows_in_id_order_then_marks_them_sent(
     assert first.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert first.type == "TestHappened"
     assert json.loads(first.body) == {"event_id": str(ids[0]), "n": 0}
-    rows = await pool.fetch(
+    rows = await fresh_pool.fetch(
         "SELECT status, published_at FROM event_outbox WHERE event_id = ANY($1::uuid[])", ids
     )
     assert {r["status"] for r in rows} == {"SENT"}
@@ -82,10 +65,10 @@ async def test_relay_publishes_new_rows_in_id_order_then_marks_them_sent(
 
 
 async def test_rows_stay_new_when_the_broker_refuses_the_batch(
-    fresh_env: TestEnvironment, pool: asyncpg.Pool
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
 ) -> None:
     key = f"test.{secrets.token_hex(4)}"
-    ids = await insert_events(pool, key, 3)
+    ids = await insert_events(fresh_pool, key, 3)
     connection = await aio_pika.connect(fresh_env.rabbitmq_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -94,9 +77,9 @@ async def test_rows_stay_new_when_the_broker_refuses_the_batch(
             channel, f"missing.{secrets.token_hex(4)}", aio_pika.ExchangeType.TOPIC
         )
         with pytest.raises(aio_pika.exceptions.AMQPError):
-            await relay_outbox_batch(pool, missing, limit=10_000)
+            await relay_outbox_batch(fresh_pool, missing, limit=10_000)
 
-    statuses = await pool.fetch(
+    statuses = await fresh_pool.fetch(
         "SELECT status FROM event_outbox WHERE event_id = ANY($1::uuid[])", ids
     )
     assert {r["status"] for r in statuses} == {"NEW"}
