@@ -1,7 +1,24 @@
 # Sourced by run.sh and test.sh: a virtualenv in .venv with the package and its pinned
-# dependencies, reinstalled only when pyproject.toml changed.
+# dependencies, reinstalled only when pyproject.toml changed; and the programs `acme-orders bench`
+# (and its test) runs: wrk, and pgbench for the database ceiling.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# install_program COMMAND DEBIAN_PACKAGE: with apt-get as root when missing; otherwise say how.
+install_program() {
+    command -v "$1" >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "==> installing $2 (for $1)"
+        if ! { apt-get install -y -qq "$2" >/dev/null 2>&1 \
+                || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$2" >/dev/null; }; }; then
+            echo "could not install $2; acme-orders bench needs $1" >&2
+        fi
+    else
+        echo "$1 is missing; acme-orders bench needs it: apt-get install $2 (as root)" >&2
+    fi
+}
+install_program wrk wrk
+install_program pgbench postgresql-client
 
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

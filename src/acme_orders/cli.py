@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -289,7 +290,113 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="only the message with this id (repeat for several); default: all of them",
     )
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure throughput and latency under load with wrk, against a fresh system "
+        "(or --attach to a running one), and the ceilings of the database and the broker",
+        description="Measure the pipeline under load. By default brings the whole system up "
+        "against a fresh database and vhost (acme_bench_<pid>_<hex>, created with "
+        "DATABASE_ADMIN_URL and rabbitmqctl), loads POST /orders with wrk, takes every figure "
+        "from the database over the steady window after the warm-up, then measures the "
+        "database-only and broker-only ceilings and drops the database and vhost. Needs wrk "
+        "(apt-get install wrk) and, for the ceilings, pgbench.",
+    )
+    bench.add_argument(
+        "--attach",
+        metavar="API_URL",
+        help="load a running system instead (its database is DATABASE_URL); nothing is "
+        "created, changed or dropped there, and the services' CPU is not reported",
+    )
+    bench.add_argument(
+        "--rate",
+        type=float,
+        metavar="R",
+        help="offered load in orders/s, paced by wrk; default: flat out, as fast as the "
+        "connections get answers",
+    )
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds of load after the warm-up (default: 10)",
+    )
+    bench.add_argument(
+        "--orders",
+        type=int,
+        metavar="N",
+        help="about N orders after the warm-up instead of --duration (N/R seconds); needs "
+        "--rate: a flat-out run is given by --duration only",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds of load before the measured window, left out of every figure (default: 2)",
+    )
+    bench.add_argument(
+        "--connections",
+        type=int,
+        metavar="N",
+        help="wrk's open connections (default: max(8, R/25) at a rate, 32 flat out)",
+    )
+    bench.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="wrk threads (default: 1)"
+    )
+    bench.add_argument(
+        "--payment-success-rate",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="PAYMENT_SUCCESS_RATE of the payment service started (default: 1.0)",
+    )
+    bench.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="the JSON results (default: bench-results/bench-<UTC timestamp>.json)",
+    )
+    bench.add_argument(
+        "--no-ceilings",
+        dest="ceilings",
+        action="store_false",
+        help="skip the database-only and broker-only ceilings (quicker)",
+    )
+    bench.add_argument(
+        "--ceiling-seconds",
+        type=int,
+        default=5,
+        metavar="S",
+        help="seconds each ceiling is measured (default: 5)",
+    )
     return parser
+
+
+def bench(args: argparse.Namespace) -> int:
+    # Imported here: the services need none of the benchmark's modules (or psutil).
+    from acme_orders.benchmark import runner
+
+    configure_logging("bench", get_settings().log_level)
+    # The bench prints its own steps; creating the scratch database and queues is not news.
+    for chatty in ("acme_orders.database", "acme_orders.messaging"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    return runner.run(
+        runner.BenchOptions(
+            attach=args.attach,
+            rate=args.rate,
+            duration=args.duration,
+            orders=args.orders,
+            warmup=args.warmup,
+            connections=args.connections,
+            threads=args.threads,
+            payment_success_rate=args.payment_success_rate,
+            output=args.output,
+            ceilings=args.ceilings,
+            ceiling_seconds=args.ceiling_seconds,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -302,4 +409,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.dlq_command == "list":
             sys.exit(dlq_list(args.queue))
         sys.exit(dlq_replay(args.queue, args.message_ids))
+    if args.command == "bench":
+        sys.exit(bench(args))
     sys.exit(run(args.service))

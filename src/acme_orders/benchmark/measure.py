@@ -1,0 +1,270 @@
+"""The figures: counted in the database (never by polling the API as a client), and CPU time read
+from /proc (through psutil) for each process of the system."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import psutil
+
+from acme_orders.orders import FINAL_STATUSES
+
+logger = logging.getLogger(__name__)
+
+FINALS = sorted(s.value for s in FINAL_STATUSES)
+# Processes of the servers, found by name: every PostgreSQL backend is a "postgres" process, and
+# RabbitMQ's Erlang VM is one "beam.smp".
+SERVER_PROCESS_NAMES = {"postgresql": "postgres", "rabbitmq": "beam.smp"}
+
+
+async def db_now(pool: asyncpg.Pool) -> datetime:
+    """The database's clock: the window is compared with timestamps the database wrote."""
+    moment: datetime = await pool.fetchval("SELECT clock_timestamp()")
+    return moment
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    at: float  # seconds since the load started
+    accepted: int
+    final: int
+    backlog: int
+
+
+async def progress(pool: asyncpg.Pool, since: datetime, at: float) -> Progress:
+    """Orders placed since the run started, how many of them are final, and the NEW outbox rows.
+    Cheap enough to ask every second: index scans (orders_created_at_idx, orders_status_idx and
+    the outbox's partial index on NEW rows)."""
+    row = await pool.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM orders WHERE created_at >= $1) AS accepted,
+               (SELECT count(*) FROM orders
+                WHERE status = ANY($2::text[]) AND created_at >= $1) AS final,
+               (SELECT count(*) FROM event_outbox WHERE status = 'NEW') AS backlog
+        """,
+        since,
+        FINALS,
+    )
+    assert row is not None
+    return Progress(round(at, 1), row["accepted"], row["final"], row["backlog"])
+
+
+@dataclass
+class Sampler:
+    """Every second while the load runs: a Progress sample, and the progress line."""
+
+    pool: asyncpg.Pool
+    since: datetime
+    total_seconds: float
+    samples: list[Progress] = field(default_factory=list)
+
+    async def run(self, started: float) -> None:
+        tty = sys.stdout.isatty()
+        tick = 0
+        while True:
+            tick += 1
+            # Sleep to the next whole second of the run, so samples do not drift.
+            await asyncio.sleep(max(0.0, started + tick - time.monotonic()))
+            sample = await progress(self.pool, self.since, time.monotonic() - started)
+            self.samples.append(sample)
+            line = (
+                f"{sample.at:5.0f}/{self.total_seconds:.0f}s  accepted {sample.accepted}  "
+                f"final {sample.final}  outbox backlog {sample.backlog}"
+            )
+            if tty:
+                print(f"\r\x1b[K{line}", end="", flush=True)
+            elif tick % 5 == 0:
+                print(line, flush=True)
+
+    @staticmethod
+    def end_line() -> None:
+        if sys.stdout.isatty():
+            print(flush=True)
+
+
+async def wait_until_final(
+    pool: asyncpg.Pool, since: datetime, deadline: float, on_wait: Callable[[int], None]
+) -> int:
+    """After the load: wait up to `deadline` seconds for every order placed since `since` to reach
+    a final status; the number that did not."""
+    give_up = time.monotonic() + deadline
+    while True:
+        pending: int = await pool.fetchval(
+            "SELECT count(*) FROM orders WHERE created_at >= $1 AND status <> ALL($2::text[])",
+            since,
+            FINALS,
+        )
+        if pending == 0 or time.monotonic() > give_up:
+            return pending
+        on_wait(pending)
+        await asyncio.sleep(0.5)
+
+
+async def window_figures(pool: asyncpg.Pool, start: datetime, end: datetime) -> dict[str, Any]:
+    """Counts and rates over [start, end): orders placed (created_at), orders finished (the final
+    status written, updated_at), events published (published_at); and the latency from placement
+    to final status of the orders placed in the window, all of which are final by now or counted
+    as unfinished."""
+    seconds = (end - start).total_seconds()
+    row = await pool.fetchrow(
+        """
+        SELECT
+          (SELECT count(*) FROM orders WHERE created_at >= $1 AND created_at < $2) AS accepted,
+          (SELECT count(*) FROM orders
+           WHERE status = ANY($3::text[]) AND updated_at >= $1 AND updated_at < $2) AS finished,
+          (SELECT count(*) FROM event_outbox
+           WHERE published_at >= $1 AND published_at < $2) AS published
+        """,
+        start,
+        end,
+        FINALS,
+    )
+    assert row is not None
+    latency = await pool.fetchrow(
+        """
+        SELECT count(*) AS orders,
+               percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY ms) AS pct,
+               max(ms) AS max
+        FROM (SELECT extract(epoch FROM updated_at - created_at) * 1000 AS ms
+              FROM orders
+              WHERE created_at >= $1 AND created_at < $2 AND status = ANY($3::text[])) AS final
+        """,
+        start,
+        end,
+        FINALS,
+    )
+    assert latency is not None
+    statuses = {
+        r["status"]: r["n"]
+        for r in await pool.fetch(
+            """
+            SELECT status, count(*) AS n FROM orders
+            WHERE created_at >= $1 AND created_at < $2
+            GROUP BY status ORDER BY status
+            """,
+            start,
+            end,
+        )
+    }
+    pct = latency["pct"] or [None, None, None]
+
+    def ms(value: Any) -> float | None:
+        return None if value is None else round(float(value), 2)
+
+    return {
+        "window_seconds": round(seconds, 3),
+        "accepted_orders": row["accepted"],
+        "accepted_per_second": round(row["accepted"] / seconds, 1),
+        "finished_orders": row["finished"],
+        "end_to_end_per_second": round(row["finished"] / seconds, 1),
+        "published_events": row["published"],
+        "publisher_events_per_second": round(row["published"] / seconds, 1),
+        "statuses": statuses,
+        "latency_ms": {
+            "orders": latency["orders"],
+            "p50": ms(pct[0]),
+            "p90": ms(pct[1]),
+            "p99": ms(pct[2]),
+            "max": ms(latency["max"]),
+        },
+    }
+
+
+# CPU -------------------------------------------------------------------------------------------
+
+# (pid, start time) -> user + system CPU seconds so far; the start time tells a reused pid apart.
+CpuSnapshot = dict[tuple[int, float], float]
+
+
+def _cpu_seconds(process: psutil.Process) -> float | None:
+    try:
+        times = process.cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    return float(times.user + times.system)
+
+
+def processes_named(name: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == name:
+            found.append(process)
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU time of groups of processes between two snapshots, as a percentage of one core.
+
+    A group is a fixed list of pids (a service, wrk) or a process name looked up at each snapshot
+    (PostgreSQL's backends come and go). A process that started between the snapshots counts from
+    zero; one that ended in between is missed (the system's pools keep their connections, so that
+    is rare)."""
+
+    pids: dict[str, list[int]]
+    names: dict[str, str]
+    start: dict[str, CpuSnapshot] = field(default_factory=dict)
+    start_time: float = 0.0
+    start_machine: float = 0.0
+    elapsed: float = 0.0
+
+    def _snapshot(self) -> dict[str, CpuSnapshot]:
+        groups: dict[str, Iterable[psutil.Process]] = {}
+        for group, pids in self.pids.items():
+            alive = []
+            for pid in pids:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    alive.append(psutil.Process(pid))
+            groups[group] = alive
+        for group, name in self.names.items():
+            groups[group] = processes_named(name)
+        snapshot: dict[str, CpuSnapshot] = {}
+        for group, processes in groups.items():
+            seconds = {(p.pid, p.create_time()): _cpu_seconds(p) for p in processes}
+            snapshot[group] = {key: s for key, s in seconds.items() if s is not None}
+        return snapshot
+
+    @staticmethod
+    def _machine_busy() -> float:
+        times = psutil.cpu_times()
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    def begin(self) -> None:
+        self.start = self._snapshot()
+        self.start_time = time.monotonic()
+        self.start_machine = self._machine_busy()
+
+    def end(self) -> dict[str, float]:
+        """Percent of one core per group since begin(), and "machine": every core together
+        (at most 100 times the number of cores)."""
+        end = self._snapshot()
+        elapsed = self.elapsed = time.monotonic() - self.start_time
+        percents = {}
+        for group, seconds in end.items():
+            before = self.start.get(group, {})
+            used = sum(s - before.get(key, 0.0) for key, s in seconds.items())
+            percents[group] = round(100 * used / elapsed, 1)
+        percents["machine"] = round(100 * (self._machine_busy() - self.start_machine) / elapsed, 1)
+        return percents
+
+    def exited_group(self, group: str, total_seconds: float) -> float:
+        """Percent of one core of a group whose processes ended before end() could read them
+        (wrk exits as the window ends): its total CPU seconds, less what begin() saw."""
+        before = sum(self.start.get(group, {}).values())
+        return round(100 * (total_seconds - before) / self.elapsed, 1) if self.elapsed else 0.0
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have ended and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

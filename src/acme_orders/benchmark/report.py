@@ -1,0 +1,106 @@
+"""The benchmark's results: a summary table on stdout and everything in a JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _num(value: Any, unit: str = "", digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def _pct(part: float | None, whole: float | None) -> str:
+    if not part or not whole:
+        return "n/a"
+    return f"{100 * part / whole:.1f}%"
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The table printed at the end of a run."""
+    options = result["options"]
+    figures = result["figures"]
+    load = result["load"]
+    latency = figures["latency_ms"]
+    offered = f"{options['rate']:g} orders/s" if options["rate"] else "flat out"
+    rows: list[tuple[str, str]] = [
+        ("offered load", f"{offered}, {load['threads']} wrk thread(s), {load['connections']} conn"),
+        (
+            "steady window",
+            f"{figures['window_seconds']:.1f} s after a {options['warmup']:g} s warm-up",
+        ),
+        (
+            "accepted at the API",
+            f"{_num(figures['accepted_per_second'])} orders/s ({figures['accepted_orders']:,})",
+        ),
+        (
+            "end to end (final)",
+            f"{_num(figures['end_to_end_per_second'])} orders/s ({figures['finished_orders']:,})",
+        ),
+        (
+            "latency placed->final",
+            f"p50 {_num(latency['p50'], ' ms')}  p90 {_num(latency['p90'], ' ms')}  "
+            f"p99 {_num(latency['p99'], ' ms')}  max {_num(latency['max'], ' ms')}  "
+            f"({latency['orders']:,} orders)",
+        ),
+        ("publisher", f"{_num(figures['publisher_events_per_second'])} events/s"),
+        ("outbox backlog", f"max {figures['backlog_max']:,} NEW rows"),
+        (
+            "not finished",
+            f"{figures['unfinished_orders']:,} orders after waiting "
+            f"{figures['drain_seconds']:.1f} s",
+        ),
+        (
+            "final statuses",
+            ", ".join(f"{status} {n:,}" for status, n in figures["statuses"].items()) or "none",
+        ),
+        (
+            "HTTP (wrk's view)",
+            f"{load['requests']:,} requests, {sum(load['errors'].values()):,} errors, "
+            f"p50 {_num(load['http_latency_ms']['p50'], ' ms')}, "
+            f"p99 {_num(load['http_latency_ms']['p99'], ' ms')}",
+        ),
+    ]
+    cpu = result.get("cpu_percent_of_one_core") or {}
+    if cpu:
+        rows.append(("CPU, % of one core", "  ".join(f"{k} {v:g}" for k, v in cpu.items())))
+    ceilings = result.get("ceilings") or {}
+    e2e = figures["end_to_end_per_second"]
+    database = ceilings.get("database")
+    if database is not None:
+        if "error" in database:
+            rows.append(("ceiling: database only", f"failed: {database['error']}"))
+        else:
+            rows.append(
+                (
+                    "ceiling: database only",
+                    f"{_num(database['orders_per_second'])} orders/s (pgbench); "
+                    f"pipeline = {_pct(e2e, database['orders_per_second'])} of it",
+                )
+            )
+    broker = ceilings.get("broker")
+    if broker is not None:
+        if "error" in broker:
+            rows.append(("ceiling: broker only", f"failed: {broker['error']}"))
+        else:
+            rows.append(
+                (
+                    "ceiling: broker only",
+                    f"{_num(broker['messages_per_second'])} messages/s = "
+                    f"{_num(broker['orders_per_second'])} orders/s; "
+                    f"pipeline = {_pct(e2e, broker['orders_per_second'])} of it",
+                )
+            )
+    width = max(len(name) for name, _ in rows)
+    title = f"acme-orders bench ({result['mode']}), {result['started_at']}"
+    return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")

@@ -1,0 +1,383 @@
+"""`acme-orders bench`: bring the system up, load it with wrk, take the figures from the database
+and /proc, measure the ceilings, report, and tear everything down again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiormq
+import asyncpg
+import psutil
+
+from acme_orders.benchmark import ceilings, load, measure, report, system
+from acme_orders.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DRAIN_DEADLINE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    attach: str | None
+    rate: float | None
+    duration: float
+    orders: int | None
+    warmup: float
+    connections: int | None
+    threads: int
+    payment_success_rate: float
+    output: Path | None
+    ceilings: bool
+    ceiling_seconds: int
+
+    @property
+    def measured_seconds(self) -> float:
+        """The steady-state part of the load: --orders N at a fixed rate is N/R seconds."""
+        if self.orders is not None and self.rate:
+            return self.orders / self.rate
+        return self.duration
+
+    def validate(self) -> None:
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("--rate must be above 0")
+        if self.orders is not None and not self.rate:
+            raise ValueError("--orders needs --rate: flat out, the load is given by --duration")
+        if self.measured_seconds < 1:
+            raise ValueError("the load must last at least 1 s after the warm-up")
+        if self.warmup < 0:
+            raise ValueError("--warmup cannot be negative")
+        if self.threads < 1 or (self.connections is not None and self.connections < self.threads):
+            raise ValueError("--threads must be at least 1 and --connections at least --threads")
+        if not 0 <= self.payment_success_rate <= 1:
+            raise ValueError("--payment-success-rate is a probability, from 0 to 1")
+        if self.ceiling_seconds < 1:
+            raise ValueError("--ceiling-seconds must be at least 1")
+
+
+def default_output() -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path("bench-results") / f"bench-{stamp}.json"
+
+
+def _version_of(command: list[str]) -> str | None:
+    if shutil.which(command[0]) is None:
+        return None
+    result = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    text = (result.stdout or result.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+async def machine(pool: asyncpg.Pool, rabbitmq_url: str) -> dict[str, Any]:
+    """What the figures were measured on, durability settings included."""
+    server: dict[str, str] = {
+        r["name"]: r["setting"]
+        for r in await pool.fetch(
+            """
+            SELECT name, setting FROM pg_settings
+            WHERE name IN ('server_version', 'synchronous_commit', 'fsync', 'full_page_writes',
+                           'wal_sync_method', 'shared_buffers', 'max_connections')
+            """
+        )
+    }
+    connection = await aiormq.connect(rabbitmq_url)
+    try:
+        rabbitmq_version = connection.server_properties.get("version")
+    finally:
+        await connection.close()
+    memory = psutil.virtual_memory().total
+    return {
+        "hostname": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "kernel": platform.release(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "postgresql": server.pop("server_version", None),
+        "postgresql_settings": server,
+        "rabbitmq": str(rabbitmq_version) if rabbitmq_version is not None else None,
+        "wrk": _version_of(["wrk", "-v"]),
+        "pgbench": _version_of(["pgbench", "--version"]),
+    }
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+@dataclass
+class Pipeline:
+    """What one load run measured."""
+
+    figures: dict[str, Any]
+    load: dict[str, Any]
+    cpu: dict[str, float]
+    series: list[dict[str, Any]]
+
+
+async def measure_pipeline(
+    options: BenchOptions,
+    pool: asyncpg.Pool,
+    api_url: str,
+    skus: list[str],
+    services: system.Services | None,
+) -> Pipeline:
+    service_pids = services.pids if services else {}
+    plan = load.LoadPlan(
+        url=api_url,
+        seconds=options.warmup + options.measured_seconds,
+        rate=options.rate,
+        threads=options.threads,
+        connections=options.connections or load.default_connections(options.rate),
+    )
+    run_start = await measure.db_now(pool)
+    with load.script_file() as script:
+        # wrk has exited by the time the window closes: its CPU is read from its rusage.
+        children_before = measure.children_cpu_seconds()
+        wrk = await load.start_wrk(plan, script, skus)
+        started = time.monotonic()
+        sampler = measure.Sampler(pool, run_start, plan.seconds)
+        sampling = asyncio.create_task(sampler.run(started))
+        meter = measure.CpuMeter(
+            pids={
+                **{name: [pid] for name, pid in service_pids.items()},
+                "wrk": [wrk.pid],
+                # This process: the sampling queries and the waiting cost something too.
+                "bench": [os.getpid()],
+            },
+            names=dict(measure.SERVER_PROCESS_NAMES),
+        )
+        try:
+            # The warm-up, unless wrk ends (or fails) first.
+            wrk_done = asyncio.create_task(load.finish_wrk(wrk))
+            await asyncio.wait({wrk_done}, timeout=options.warmup)
+            window_start = await measure.db_now(pool)
+            meter.begin()
+            load_result = await wrk_done
+            window_end = await measure.db_now(pool)
+            cpu = meter.end()
+            cpu["wrk"] = meter.exited_group("wrk", measure.children_cpu_seconds() - children_before)
+        finally:
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+            if wrk.returncode is None:
+                wrk.kill()
+                await wrk.wait()
+            measure.Sampler.end_line()
+
+    drain_started = time.monotonic()
+
+    def waiting(pending: int) -> None:
+        if services is not None:
+            services.check_running()
+        if sys.stdout.isatty():
+            print(f"\r\x1b[Kwaiting for {pending} orders to finish", end="", flush=True)
+
+    unfinished = await measure.wait_until_final(pool, run_start, DRAIN_DEADLINE, waiting)
+    drain_seconds = time.monotonic() - drain_started
+    measure.Sampler.end_line()
+    figures = await measure.window_figures(pool, window_start, window_end)
+    backlog_in_window = [s.backlog for s in sampler.samples if s.at >= options.warmup]
+    figures.update(
+        window_start=window_start.isoformat(),
+        window_end=window_end.isoformat(),
+        backlog_max=max(backlog_in_window, default=0),
+        backlog_max_whole_run=max((s.backlog for s in sampler.samples), default=0),
+        unfinished_orders=unfinished,
+        drain_seconds=round(drain_seconds, 2),
+    )
+    load_json = load_result.as_json()
+    load_json.update(threads=plan.threads, connections=plan.connections, seconds_asked=plan.seconds)
+    if options.rate and load_result.sent_per_second < 0.95 * options.rate:
+        logger.warning(
+            "wrk sent %.1f requests/s, less than the %g asked for: the API kept up with fewer "
+            "(too few connections for its latency, or it is saturated)",
+            load_result.sent_per_second,
+            options.rate,
+        )
+    return Pipeline(figures, load_json, cpu, [asdict(s) for s in sampler.samples])
+
+
+async def measure_ceilings(
+    options: BenchOptions, base: Settings, scratch: system.Scratch | None, skus: list[str]
+) -> dict[str, Any]:
+    """Both ceilings, on the run's own database and vhost (with --attach, on a scratch pair made
+    for them, never on the attached system's). A failure is recorded, not raised: the pipeline's
+    figures are worth keeping."""
+    made = None
+    results: dict[str, Any] = {}
+    try:
+        if scratch is None:
+            scratch = made = await system.create_scratch(base)
+        _say(f"ceiling: database only (pgbench, {options.ceiling_seconds} s)")
+        try:
+            results["database"] = await ceilings.database_ceiling(
+                scratch.settings.database_url, skus, options.ceiling_seconds
+            )
+        except (ceilings.CeilingError, OSError) as exc:
+            results["database"] = {"error": str(exc)}
+        _say(f"ceiling: broker only (publish and consume, {options.ceiling_seconds} s)")
+        try:
+            results["broker"] = await ceilings.broker_ceiling(
+                scratch.settings, options.ceiling_seconds
+            )
+        except (ceilings.CeilingError, OSError, aiormq.exceptions.AMQPError) as exc:
+            results["broker"] = {"error": str(exc)}
+    except (system.SetupError, OSError, asyncpg.PostgresError) as exc:
+        results["error"] = f"could not create a scratch database and vhost: {exc}"
+    finally:
+        if made is not None:
+            await system.drop_scratch(made)
+    return results
+
+
+async def bench(options: BenchOptions) -> dict[str, Any]:
+    base = get_settings()
+    load.wrk_path()  # fails now, with how to install it, rather than after the bring-up
+    result: dict[str, Any] = {
+        "mode": "attached" if options.attach else "fresh system",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": {
+            "attach": options.attach,
+            "rate": options.rate,
+            "duration": options.measured_seconds,
+            "orders": options.orders,
+            "warmup": options.warmup,
+            "connections": options.connections,
+            "threads": options.threads,
+            "payment_success_rate": options.payment_success_rate,
+            "ceilings": options.ceilings,
+            "ceiling_seconds": options.ceiling_seconds,
+        },
+    }
+    scratch: system.Scratch | None = None
+    services: system.Services | None = None
+    log_dir = Path(tempfile.mkdtemp(prefix="acme-bench-logs-"))
+    failed = True
+    try:
+        if options.attach:
+            api_url, settings = options.attach, base
+        else:
+            swept = await system.sweep_abandoned(base)
+            if swept:
+                _say(f"dropped what crashed benchmark runs left: {', '.join(swept)}")
+            scratch = await system.create_scratch(base)
+            settings = scratch.settings
+            _say(f"created database and vhost {scratch.name}; starting the services")
+            environ = system.service_environment(
+                settings, system.free_port(), options.payment_success_rate
+            )
+            from acme_orders.cli import SERVICES  # cli imports this package
+
+            services = await system.start_services(SERVICES, environ, log_dir)
+            api_url = services.api_url
+            result["system"] = {
+                "database": scratch.name,
+                "vhost": scratch.name,
+                # The services read the same environment as we did, but for these two.
+                "service_settings": {
+                    "db_pool_size": base.db_pool_size,
+                    "prefetch_count": base.prefetch_count,
+                    "outbox_batch_size": base.outbox_batch_size,
+                    "outbox_poll_interval": base.outbox_poll_interval,
+                    "payment_success_rate": options.payment_success_rate,
+                    "log_level": environ["LOG_LEVEL"],
+                },
+            }
+        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2, timeout=10)
+        assert pool is not None
+        try:
+            result["machine"] = await machine(pool, settings.rabbitmq_url)
+            skus = [r["sku"] for r in await pool.fetch("SELECT sku FROM products ORDER BY sku")]
+            if not skus:
+                raise system.SetupError("the catalogue is empty: nothing to order")
+            offered = f"{options.rate:g} orders/s" if options.rate else "flat out"
+            _say(
+                f"load: {offered} for "
+                f"{options.warmup:g} s warm-up + {options.measured_seconds:g} s against {api_url}"
+            )
+            pipeline = await measure_pipeline(options, pool, api_url, skus, services)
+        finally:
+            await pool.close()
+        result.update(
+            figures=pipeline.figures,
+            load=pipeline.load,
+            cpu_percent_of_one_core=pipeline.cpu,
+            series=pipeline.series,
+        )
+        if services is not None:
+            # Before the ceilings: idle services would still wake up for the ceiling's outbox rows.
+            codes = await system.stop_services(services)
+            result["system"]["exit_codes"] = codes
+            services = None
+        if options.ceilings:
+            found = await measure_ceilings(options, base, scratch, skus)
+            e2e = pipeline.figures["end_to_end_per_second"]
+            for ceiling in found.values():
+                if isinstance(ceiling, dict) and ceiling.get("orders_per_second"):
+                    ceiling["pipeline_ratio"] = round(e2e / ceiling["orders_per_second"], 4)
+            result["ceilings"] = found
+        failed = False
+    finally:
+        if services is not None:
+            await system.stop_services(services)
+        if scratch is not None:
+            await system.drop_scratch(scratch)
+        _keep_logs_if(failed, log_dir)
+    return result
+
+
+def _keep_logs_if(failed: bool, log_dir: Path) -> None:
+    """The services' logs tell why a run failed; a run that succeeded needs none of them."""
+    if failed and any(log_dir.iterdir()):
+        print(f"service logs kept in {log_dir}", file=sys.stderr)
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def run(options: BenchOptions) -> int:
+    try:
+        options.validate()
+    except ValueError as exc:
+        print(f"acme-orders bench: {exc}", file=sys.stderr)
+        return 2
+    output = options.output or default_output()
+    try:
+        result = asyncio.run(bench(options))
+    except (load.WrkMissingError, system.SetupError) as exc:
+        print(f"acme-orders bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("acme-orders bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    report.write_json(result, output)
+    print(report.summary(result))
+    print(f"results: {output}")
+    ceiling_failed = any(
+        isinstance(c, dict) and "error" in c for c in result.get("ceilings", {}).values()
+    ) or "error" in result.get("ceilings", {})
+    return 1 if ceiling_failed else 0

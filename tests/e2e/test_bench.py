@@ -1,0 +1,71 @@
+"""`acme-orders bench` end to end: the real console script brings a fresh system up, loads it
+with wrk, measures, and removes its database and vhost. It checks that a run completes and
+reports every figure, not how fast the system is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.environment import ADMIN_DATABASE_URL, rabbitmqctl
+
+pytestmark = pytest.mark.e2e
+
+ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
+
+
+async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> None:
+    output = tmp_path / "b.json"
+
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(ACME_ORDERS),
+            "bench",
+            "--rate",
+            "50",
+            "--duration",
+            "3",
+            "--warmup",
+            "1",
+            "--ceiling-seconds",
+            "1",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "end to end" in run.stdout
+    assert "ceiling: database only" in run.stdout
+    result = json.loads(output.read_text())
+    figures = result["figures"]
+    assert figures["accepted_per_second"] > 0
+    assert figures["end_to_end_per_second"] > 0
+    assert figures["publisher_events_per_second"] > 0
+    assert figures["unfinished_orders"] == 0
+    latency = figures["latency_ms"]
+    assert all(latency[p] is not None and latency[p] > 0 for p in ("p50", "p90", "p99", "max"))
+    assert result["series"], "no backlog samples"
+    assert result["machine"]["postgresql_settings"]["synchronous_commit"] == "on"
+    assert result["cpu_percent_of_one_core"]["api"] > 0
+    assert result["ceilings"]["database"]["orders_per_second"] > 0
+    assert result["ceilings"]["broker"]["orders_per_second"] > 0
+
+    name = result["system"]["database"]
+    admin = await asyncpg.connect(ADMIN_DATABASE_URL)
+    try:
+        assert not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+    finally:
+        await admin.close()
+    assert name not in (await asyncio.to_thread(rabbitmqctl, "list_vhosts", "name")).split()

@@ -1,0 +1,69 @@
+"""The benchmark's pure parts: its wrk script ships with the package, and its options hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from acme_orders.benchmark import ceilings, load
+from acme_orders.benchmark.runner import BenchOptions
+
+
+def options(**changes: object) -> BenchOptions:
+    fields: dict[str, object] = {
+        "attach": None,
+        "rate": 250.0,
+        "duration": 10.0,
+        "orders": None,
+        "warmup": 2.0,
+        "connections": None,
+        "threads": 1,
+        "payment_success_rate": 1.0,
+        "output": None,
+        "ceilings": True,
+        "ceiling_seconds": 5,
+    }
+    fields.update(changes)
+    return BenchOptions(**fields)  # type: ignore[arg-type]
+
+
+def test_load_script_is_package_data() -> None:
+    with load.script_file() as script:
+        assert isinstance(script, Path)
+        assert "function delay()" in script.read_text()
+
+
+def test_orders_at_a_rate_set_the_duration() -> None:
+    assert options(orders=5000, rate=250.0).measured_seconds == 20.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"orders": 100, "rate": None},
+        {"rate": 0.0},
+        {"duration": 0.5},
+        {"connections": 1, "threads": 2},
+        {"payment_success_rate": 1.5},
+        {"ceiling_seconds": 0},
+    ],
+)
+def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (each case has its own message)
+        options(**bad).validate()
+
+
+def test_connections_grow_with_the_rate() -> None:
+    assert load.default_connections(50) == 8
+    assert load.default_connections(1000) == 40
+    assert load.default_connections(None) == 32
+
+
+def test_pgbench_script_has_no_stray_variables() -> None:
+    """pgbench reads any ":word" as a variable: only the script's own may appear."""
+    import re
+
+    script = ceilings.pgbench_script(["A-1", "B-2", "C-3"])
+    used = set(re.findall(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", script))
+    assert used == {"lo", "hi", "qty", "cust", "o_id"}
