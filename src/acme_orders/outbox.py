@@ -14,17 +14,21 @@ from acme_orders.events import Event
 async def add_to_outbox(tx: Connection, events: Iterable[Event]) -> None:
     """Store events for publishing; call inside the transaction that makes them true. An insert
     trigger sends NOTIFY event_outbox, which wakes the publisher when the transaction commits."""
-    rows = [
-        (e.event_id, e.event_type, e.routing_key, e.order_id, e.model_dump_json()) for e in events
-    ]
-    if rows:
-        await tx.executemany(
-            """
-            INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload)
-            VALUES ($1, $2, $3, $4, $5::jsonb)
-            """,
-            rows,
-        )
+    events = list(events)
+    if not events:
+        return
+    # One statement, one round trip, however many events.
+    await tx.execute(
+        """
+        INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
+        """,
+        [e.event_id for e in events],
+        [e.event_type for e in events],
+        [e.routing_key for e in events],
+        [e.order_id for e in events],
+        [e.model_dump_json() for e in events],
+    )
 
 
 @dataclass(frozen=True, slots=True)

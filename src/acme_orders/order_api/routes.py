@@ -16,7 +16,8 @@ from acme_orders.orders import OrderStatus
 logger = logging.getLogger(__name__)
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+# async: FastAPI runs a plain `def` dependency in a thread pool, a thread hop on every request.
+async def get_pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
