@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         "DATABASE_ADMIN_URL and rabbitmqctl), loads POST /orders with wrk, takes every figure "
         "from the database over the steady window after the warm-up, then measures the "
         "database-only and broker-only ceilings and drops the database and vhost. Needs wrk "
-        "(apt-get install wrk) and, for the ceilings, pgbench.",
+        "(apt-get install wrk) and, for the ceilings, pgbench. With --drain N, measures the "
+        "publisher alone relaying a backlog of N outbox rows instead (no wrk needed).",
     )
     bench.add_argument(
         "--attach",
@@ -371,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds each ceiling is measured (default: 5)",
     )
+    bench.add_argument(
+        "--drain",
+        type=int,
+        metavar="N",
+        help="instead of the load: insert N NEW outbox rows (OrderPlaced-sized, routed to the "
+        "bench's own queue bench.drain) into a fresh database, start only the publisher, and "
+        "measure how fast it drains them; checks the queue then holds exactly N messages. "
+        "Cannot be combined with --rate or --attach",
+    )
     return parser
 
 
@@ -395,6 +405,7 @@ def bench(args: argparse.Namespace) -> int:
             output=args.output,
             ceilings=args.ceilings,
             ceiling_seconds=args.ceiling_seconds,
+            drain=args.drain,
         )
     )
 

@@ -59,10 +59,69 @@ async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> N
     assert result["series"], "no backlog samples"
     assert result["machine"]["postgresql_settings"]["synchronous_commit"] == "on"
     assert result["cpu_percent_of_one_core"]["api"] > 0
+    assert "RSS, MiB" in run.stdout
+    assert set(result["rss_mib"]) == {"api", "publisher", "inventory", "payment", "notification"}
+    for rss in result["rss_mib"].values():
+        assert rss["start"] > 0
+        assert rss["end"] > 0
+        assert rss["max"] >= max(rss["start"], rss["end"])
+        assert rss["change_percent"] is not None
+    assert all(sample["rss_mib"] for sample in result["series"])
     assert result["ceilings"]["database"]["orders_per_second"] > 0
     assert result["ceilings"]["broker"]["orders_per_second"] > 0
 
-    name = result["system"]["database"]
+    await assert_removed(result["system"]["database"])
+
+
+async def test_bench_drain_measures_the_publisher_alone_and_removes_it(tmp_path: Path) -> None:
+    output = tmp_path / "d.json"
+
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [str(ACME_ORDERS), "bench", "--drain", "2000", "--no-ceilings", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(output.read_text())
+    assert result["mode"] == "publisher drain"
+    figures = result["figures"]
+    assert figures["drained"]
+    assert figures["published_events"] == 2000
+    assert figures["events_per_second"] > 0
+    assert figures["events_per_second_wall"] > 0
+    assert result["queue"] == {
+        "name": "bench.drain",
+        "messages": 2000,
+        "expected": 2000,
+        "ok": True,
+    }
+    assert "error" not in result
+    assert result["cpu_percent_of_one_core"]["publisher"] > 0
+    assert result["rss_mib"]["publisher"]["max"] > 0
+    assert list(result["system"]["exit_codes"]) == ["publisher"]
+    await assert_removed(result["system"]["database"])
+
+
+async def test_bench_drain_refuses_a_rate() -> None:
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [str(ACME_ORDERS), "bench", "--drain", "10", "--rate", "50"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert run.returncode == 2
+    assert "--drain cannot be combined with --rate or --attach" in run.stderr
+
+
+async def assert_removed(name: str) -> None:
+    """The run's database and vhost are gone."""
     admin = await asyncpg.connect(ADMIN_DATABASE_URL)
     try:
         assert not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)

@@ -23,6 +23,7 @@ def options(**changes: object) -> BenchOptions:
         "output": None,
         "ceilings": True,
         "ceiling_seconds": 5,
+        "drain": None,
     }
     fields.update(changes)
     return BenchOptions(**fields)  # type: ignore[arg-type]
@@ -47,11 +48,18 @@ def test_orders_at_a_rate_set_the_duration() -> None:
         {"connections": 1, "threads": 2},
         {"payment_success_rate": 1.5},
         {"ceiling_seconds": 0},
+        {"drain": 1000},  # with the default --rate of these tests
+        {"drain": 1000, "rate": None, "attach": "http://127.0.0.1:8000"},
+        {"drain": 0, "rate": None},
     ],
 )
 def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 (each case has its own message)
         options(**bad).validate()
+
+
+def test_drain_alone_is_accepted() -> None:
+    options(drain=100_000, rate=None).validate()
 
 
 def test_connections_grow_with_the_rate() -> None:

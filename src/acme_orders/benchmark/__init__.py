@@ -3,5 +3,6 @@
 system.py brings the system up on a fresh database and vhost and down again; load.py and load.lua
 drive wrk; measure.py takes the figures from the database and /proc; ceilings.py (with
 broker_load.py) measures the database alone and the broker alone; report.py prints and writes the
-results; runner.py puts it together.
+results; drain.py is --drain (the publisher alone against a backlog); runner.py puts it
+together.
 """

@@ -1,5 +1,5 @@
-"""The figures: counted in the database (never by polling the API as a client), and CPU time read
-from /proc (through psutil) for each process of the system."""
+"""The figures: counted in the database (never by polling the API as a client), and CPU time and
+resident memory read from /proc (through psutil) for each process of the system."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,8 @@ class Progress:
     accepted: int
     final: int
     backlog: int
+    # MiB per service process, read in the same tick (empty when no service is ours: --attach).
+    rss_mib: dict[str, float] = field(default_factory=dict)
 
 
 async def progress(pool: asyncpg.Pool, since: datetime, at: float) -> Progress:
@@ -66,6 +68,8 @@ class Sampler:
     pool: asyncpg.Pool
     since: datetime
     total_seconds: float
+    # The service processes whose RSS is read with every sample.
+    pids: dict[str, int] = field(default_factory=dict)
     samples: list[Progress] = field(default_factory=list)
 
     async def run(self, started: float) -> None:
@@ -76,6 +80,7 @@ class Sampler:
             # Sleep to the next whole second of the run, so samples do not drift.
             await asyncio.sleep(max(0.0, started + tick - time.monotonic()))
             sample = await progress(self.pool, self.since, time.monotonic() - started)
+            sample = replace(sample, rss_mib=rss_mib(self.pids))
             self.samples.append(sample)
             line = (
                 f"{sample.at:5.0f}/{self.total_seconds:.0f}s  accepted {sample.accepted}  "
@@ -268,3 +273,37 @@ def children_cpu_seconds() -> float:
     """CPU seconds of this process's children that have ended and been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+# Memory ----------------------------------------------------------------------------------------
+
+
+def rss_mib(pids: dict[str, int]) -> dict[str, float]:
+    """Resident set size of each process now, in MiB; a process that is gone is left out."""
+    found = {}
+    for name, pid in pids.items():
+        try:
+            found[name] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def rss_figures(
+    start: dict[str, float], end: dict[str, float], during: Iterable[dict[str, float]]
+) -> dict[str, dict[str, float | None]]:
+    """Per process: RSS at the start of the window, at its end, the max seen (the per-second
+    samples and both ends), and the change end vs start in percent; "flat" is judged on that
+    change, not on the max, which start-up allocations or a GC cycle can make jumpy."""
+    seen: dict[str, list[float]] = {name: [value] for name, value in start.items()}
+    for sample in during:
+        for name, value in sample.items():
+            seen.setdefault(name, []).append(value)
+    for name, value in end.items():
+        seen.setdefault(name, []).append(value)
+    figures: dict[str, dict[str, float | None]] = {}
+    for name, values in seen.items():
+        first, last = start.get(name), end.get(name)
+        change = round(100 * (last - first) / first, 1) if first and last is not None else None
+        figures[name] = {"start": first, "end": last, "max": max(values), "change_percent": change}
+    return figures

@@ -21,8 +21,77 @@ def _pct(part: float | None, whole: float | None) -> str:
     return f"{100 * part / whole:.1f}%"
 
 
+def _rss_row(memory: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """start -> end of the window, its max, and the change end vs start (what "flat" means)."""
+    parts = []
+    for name, rss in memory.items():
+        change = rss["change_percent"]
+        shown = "n/a" if change is None else f"{change:+.1f}%"
+        parts.append(
+            f"{name} {_num(rss['start'])}->{_num(rss['end'])} (max {_num(rss['max'])}, {shown})"
+        )
+    return ("RSS, MiB", "  ".join(parts))
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+
+
+def drain_summary(result: dict[str, Any]) -> str:
+    """The table printed at the end of a --drain run."""
+    figures = result["figures"]
+    queue = result.get("queue") or {}
+    rows: list[tuple[str, str]] = [
+        ("backlog", f"{figures['events']:,} NEW rows, inserted in {figures['insert_seconds']} s"),
+        (
+            "published",
+            f"{figures['published_events']:,} in {_num(figures['publish_seconds'], ' s', 2)} "
+            f"(first to last published_at)",
+        ),
+        ("events/s", f"{_num(figures['events_per_second'])} (N / first to last published_at)"),
+        (
+            "events/s, wall",
+            f"{_num(figures['events_per_second_wall'])} "
+            f"(N / {_num(figures['wall_seconds'], ' s', 2)} from the publisher's start, "
+            f"{figures['publisher_ready_seconds']} s to ready)",
+        ),
+    ]
+    if queue:
+        verdict = "ok" if queue["ok"] else "MISMATCH"
+        rows.append(
+            (
+                "queue",
+                f"{queue['name']} holds {queue['messages']:,} of {queue['expected']:,}: {verdict}",
+            )
+        )
+    cpu = result.get("cpu_percent_of_one_core") or {}
+    if cpu:
+        rows.append(("CPU, % of one core", "  ".join(f"{k} {v:g}" for k, v in cpu.items())))
+    if result.get("rss_mib"):
+        rows.append(_rss_row(result["rss_mib"]))
+    broker = (result.get("ceilings") or {}).get("broker")
+    if broker is not None:
+        if "error" in broker:
+            rows.append(("ceiling: broker only", f"failed: {broker['error']}"))
+        else:
+            rows.append(
+                (
+                    "ceiling: broker only",
+                    f"{_num(broker['messages_per_second'])} messages/s; "
+                    f"drain = {_pct(figures['events_per_second'], broker['messages_per_second'])}"
+                    " of it",
+                )
+            )
+    if "error" in result:
+        rows.append(("ERROR", result["error"]))
+    return _table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
+
+
 def summary(result: dict[str, Any]) -> str:
     """The table printed at the end of a run."""
+    if result["mode"] == "publisher drain":
+        return drain_summary(result)
     options = result["options"]
     figures = result["figures"]
     load = result["load"]
@@ -69,6 +138,8 @@ def summary(result: dict[str, Any]) -> str:
     cpu = result.get("cpu_percent_of_one_core") or {}
     if cpu:
         rows.append(("CPU, % of one core", "  ".join(f"{k} {v:g}" for k, v in cpu.items())))
+    if result.get("rss_mib"):
+        rows.append(_rss_row(result["rss_mib"]))
     ceilings = result.get("ceilings") or {}
     e2e = figures["end_to_end_per_second"]
     database = ceilings.get("database")
@@ -96,9 +167,7 @@ def summary(result: dict[str, Any]) -> str:
                     f"pipeline = {_pct(e2e, broker['orders_per_second'])} of it",
                 )
             )
-    width = max(len(name) for name, _ in rows)
-    title = f"acme-orders bench ({result['mode']}), {result['started_at']}"
-    return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+    return _table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

@@ -21,7 +21,7 @@ import aiormq
 import asyncpg
 import psutil
 
-from acme_orders.benchmark import ceilings, load, measure, report, system
+from acme_orders.benchmark import ceilings, drain, load, measure, report, system
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class BenchOptions:
     output: Path | None
     ceilings: bool
     ceiling_seconds: int
+    # --drain N: the publisher alone against a backlog of N rows, instead of the load.
+    drain: int | None = None
 
     @property
     def measured_seconds(self) -> float:
@@ -51,6 +53,14 @@ class BenchOptions:
         return self.duration
 
     def validate(self) -> None:
+        if self.drain is not None:
+            if self.drain < 1:
+                raise ValueError("--drain needs at least 1 event")
+            if self.rate is not None or self.attach is not None:
+                raise ValueError(
+                    "--drain cannot be combined with --rate or --attach: it starts only the "
+                    "publisher, on a fresh database, with no load"
+                )
         if self.rate is not None and self.rate <= 0:
             raise ValueError("--rate must be above 0")
         if self.orders is not None and not self.rate:
@@ -136,6 +146,8 @@ class Pipeline:
     figures: dict[str, Any]
     load: dict[str, Any]
     cpu: dict[str, float]
+    # Per service: RSS in MiB at the window's start and end, its max, the change in percent.
+    memory: dict[str, dict[str, float | None]]
     series: list[dict[str, Any]]
 
 
@@ -160,7 +172,7 @@ async def measure_pipeline(
         children_before = measure.children_cpu_seconds()
         wrk = await load.start_wrk(plan, script, skus)
         started = time.monotonic()
-        sampler = measure.Sampler(pool, run_start, plan.seconds)
+        sampler = measure.Sampler(pool, run_start, plan.seconds, pids=dict(service_pids))
         sampling = asyncio.create_task(sampler.run(started))
         meter = measure.CpuMeter(
             pids={
@@ -177,9 +189,12 @@ async def measure_pipeline(
             await asyncio.wait({wrk_done}, timeout=options.warmup)
             window_start = await measure.db_now(pool)
             meter.begin()
+            # Read at the window's edges, not at the nearest once-a-second sample.
+            rss_start = measure.rss_mib(service_pids)
             load_result = await wrk_done
             window_end = await measure.db_now(pool)
             cpu = meter.end()
+            rss_end = measure.rss_mib(service_pids)
             cpu["wrk"] = meter.exited_group("wrk", measure.children_cpu_seconds() - children_before)
         finally:
             sampling.cancel()
@@ -219,7 +234,10 @@ async def measure_pipeline(
             load_result.sent_per_second,
             options.rate,
         )
-    return Pipeline(figures, load_json, cpu, [asdict(s) for s in sampler.samples])
+    memory = measure.rss_figures(
+        rss_start, rss_end, (s.rss_mib for s in sampler.samples if s.at >= options.warmup)
+    )
+    return Pipeline(figures, load_json, cpu, memory, [asdict(s) for s in sampler.samples])
 
 
 async def measure_ceilings(
@@ -255,7 +273,80 @@ async def measure_ceilings(
     return results
 
 
+async def bench_drain(options: BenchOptions) -> dict[str, Any]:
+    """--drain N: a fresh database and vhost, N NEW outbox rows, only the publisher."""
+    assert options.drain is not None
+    base = get_settings()
+    result: dict[str, Any] = {
+        "mode": "publisher drain",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": {
+            "drain": options.drain,
+            "ceilings": options.ceilings,
+            "ceiling_seconds": options.ceiling_seconds,
+        },
+    }
+    scratch: system.Scratch | None = None
+    services: system.Services | None = None
+    log_dir = Path(tempfile.mkdtemp(prefix="acme-bench-logs-"))
+    failed = True
+    try:
+        swept = await system.sweep_abandoned(base)
+        if swept:
+            _say(f"dropped what crashed benchmark runs left: {', '.join(swept)}")
+        scratch = await system.create_scratch(base)
+        _say(f"created database and vhost {scratch.name}")
+        result["system"] = {
+            "database": scratch.name,
+            "vhost": scratch.name,
+            "queue": drain.QUEUE.name,
+            "service_settings": {
+                "db_pool_size": base.db_pool_size,
+                "outbox_batch_size": base.outbox_batch_size,
+                "outbox_poll_interval": base.outbox_poll_interval,
+            },
+        }
+        pool = await asyncpg.create_pool(
+            scratch.settings.database_url, min_size=1, max_size=1, timeout=10
+        )
+        assert pool is not None
+        try:
+            result["machine"] = await machine(pool, scratch.settings.rabbitmq_url)
+            skus = [r["sku"] for r in await pool.fetch("SELECT sku FROM products ORDER BY sku")]
+        finally:
+            await pool.close()
+        found, services = await drain.measure_drain(options.drain, scratch, log_dir, _say)
+        result.update(found)
+        if services is not None:
+            result["system"]["exit_codes"] = await system.stop_services(services)
+            services = None
+        # Counted once the publisher is stopped: every SENT row was confirmed by the broker.
+        result["queue"] = await drain.check_queue(scratch.settings, options.drain)
+        if not result["queue"]["ok"] and "error" not in result:
+            result["error"] = (
+                f"{drain.QUEUE.name} holds {result['queue']['messages']:,} messages, "
+                f"not the {options.drain:,} events published"
+            )
+        if options.ceilings:
+            found_ceilings = await measure_ceilings(options, base, scratch, skus)
+            rate = result["figures"]["events_per_second"]
+            broker = found_ceilings.get("broker")
+            if rate and isinstance(broker, dict) and broker.get("messages_per_second"):
+                broker["drain_ratio"] = round(rate / broker["messages_per_second"], 4)
+            result["ceilings"] = found_ceilings
+        failed = "error" in result
+    finally:
+        if services is not None:
+            await system.stop_services(services)
+        if scratch is not None:
+            await system.drop_scratch(scratch)
+        _keep_logs_if(failed, log_dir)
+    return result
+
+
 async def bench(options: BenchOptions) -> dict[str, Any]:
+    if options.drain is not None:
+        return await bench_drain(options)
     base = get_settings()
     load.wrk_path()  # fails now, with how to install it, rather than after the bring-up
     result: dict[str, Any] = {
@@ -327,6 +418,7 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
             figures=pipeline.figures,
             load=pipeline.load,
             cpu_percent_of_one_core=pipeline.cpu,
+            rss_mib=pipeline.memory,
             series=pipeline.series,
         )
         if services is not None:
@@ -380,4 +472,8 @@ def run(options: BenchOptions) -> int:
     ceiling_failed = any(
         isinstance(c, dict) and "error" in c for c in result.get("ceilings", {}).values()
     ) or "error" in result.get("ceilings", {})
+    # A drain that did not finish, or a queue that does not hold every event once.
+    if "error" in result:
+        print(f"acme-orders bench: {result['error']}", file=sys.stderr)
+        return 1
     return 1 if ceiling_failed else 0
