@@ -18,8 +18,8 @@ from urllib.parse import quote
 import asyncpg
 
 from acme_orders import database, messaging
+from acme_orders.runtime import pid_alive
 from acme_orders.settings import Settings
-from tests.processes import pid_alive
 
 ADMIN_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from acme_orders.runtime import pid_alive
 from tests.waiting import wait_until
 
 OUTPUT_ROOT = Path(
@@ -26,16 +27,6 @@ def clear_output() -> None:
         pid = folder.name.removeprefix("run-")
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +57,18 @@ def run_service(service: str, main: ServiceMain) -> None:
         logger.info("stopped")
 
     uvloop.run(supervise())
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or not): used to tell the leftovers of a
+    crashed run, named after its pid, from those of a run still going."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def retry_until_ready(

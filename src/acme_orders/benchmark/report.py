@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,32 +145,39 @@ def summary(result: dict[str, Any]) -> str:
     e2e = figures["end_to_end_per_second"]
     database = ceilings.get("database")
     if database is not None:
-        if "error" in database:
-            rows.append(("ceiling: database only", f"failed: {database['error']}"))
-        else:
-            rows.append(
-                (
-                    "ceiling: database only",
-                    f"{_num(database['orders_per_second'])} orders/s (pgbench); "
-                    f"pipeline = {_pct(e2e, database['orders_per_second'])} of it",
-                )
+        rows.append(
+            _ceiling_row(
+                "ceiling: database only",
+                database,
+                e2e,
+                lambda c: f"{_num(c['orders_per_second'])} orders/s (pgbench)",
             )
+        )
     broker = ceilings.get("broker")
     if broker is not None:
-        if "error" in broker:
-            rows.append(("ceiling: broker only", f"failed: {broker['error']}"))
-        else:
-            rows.append(
-                (
-                    "ceiling: broker only",
-                    f"{_num(broker['messages_per_second'])} messages/s = "
-                    f"{_num(broker['orders_per_second'])} orders/s; "
-                    f"pipeline = {_pct(e2e, broker['orders_per_second'])} of it",
-                )
+        rows.append(
+            _ceiling_row(
+                "ceiling: broker only",
+                broker,
+                e2e,
+                lambda c: (
+                    f"{_num(c['messages_per_second'])} messages/s = "
+                    f"{_num(c['orders_per_second'])} orders/s"
+                ),
             )
+        )
     return _table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _ceiling_row(
+    name: str, ceiling: dict[str, Any], e2e: float, figure: Callable[[dict[str, Any]], str]
+) -> tuple[str, str]:
+    """A ceiling's figure and the pipeline's share of it, or why it could not be measured."""
+    if "error" in ceiling:
+        return (name, f"failed: {ceiling['error']}")
+    return (name, f"{figure(ceiling)}; pipeline = {_pct(e2e, ceiling['orders_per_second'])} of it")

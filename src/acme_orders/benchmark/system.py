@@ -23,6 +23,7 @@ from urllib.request import urlopen
 import asyncpg
 
 from acme_orders import database, messaging
+from acme_orders.runtime import pid_alive
 from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -137,16 +138,6 @@ async def drop_scratch(scratch: Scratch) -> None:
     logger.info("dropped database and vhost %s", scratch.name)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def sweep_abandoned(base: Settings) -> list[str]:
     """Drop the databases and vhosts of benchmark runs whose process is gone (killed with -9, the
     machine restarted): they would otherwise stay forever."""
@@ -165,7 +156,7 @@ async def sweep_abandoned(base: Settings) -> list[str]:
     swept = []
     for name in names:
         match = NAME_PATTERN.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             settings = base.model_copy(
                 update={"database_url": _with_database(base.database_url, name)}
             )
