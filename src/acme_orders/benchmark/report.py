@@ -66,24 +66,20 @@ def drain_summary(result: dict[str, Any]) -> str:
                 f"{queue['name']} holds {queue['messages']:,} of {queue['expected']:,}: {verdict}",
             )
         )
-    cpu = result.get("cpu_percent_of_one_core") or {}
-    if cpu:
-        rows.append(("CPU, % of one core", "  ".join(f"{k} {v:g}" for k, v in cpu.items())))
-    if result.get("rss_mib"):
-        rows.append(_rss_row(result["rss_mib"]))
+    rows.extend(_process_rows(result))
     broker = (result.get("ceilings") or {}).get("broker")
     if broker is not None:
-        if "error" in broker:
-            rows.append(("ceiling: broker only", f"failed: {broker['error']}"))
-        else:
-            rows.append(
-                (
-                    "ceiling: broker only",
-                    f"{_num(broker['messages_per_second'])} messages/s; "
-                    f"drain = {_pct(figures['events_per_second'], broker['messages_per_second'])}"
-                    " of it",
-                )
+        drained = figures["events_per_second"]
+        rows.append(
+            _ceiling_row(
+                "ceiling: broker only",
+                broker,
+                lambda c: (
+                    f"{_num(c['messages_per_second'])} messages/s; "
+                    f"drain = {_pct(drained, c['messages_per_second'])} of it"
+                ),
             )
+        )
     if "error" in result:
         rows.append(("ERROR", result["error"]))
     return _table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
@@ -136,11 +132,7 @@ def summary(result: dict[str, Any]) -> str:
             f"p99 {_num(load['http_latency_ms']['p99'], ' ms')}",
         ),
     ]
-    cpu = result.get("cpu_percent_of_one_core") or {}
-    if cpu:
-        rows.append(("CPU, % of one core", "  ".join(f"{k} {v:g}" for k, v in cpu.items())))
-    if result.get("rss_mib"):
-        rows.append(_rss_row(result["rss_mib"]))
+    rows.extend(_process_rows(result))
     ceilings = result.get("ceilings") or {}
     e2e = figures["end_to_end_per_second"]
     database = ceilings.get("database")
@@ -149,8 +141,10 @@ def summary(result: dict[str, Any]) -> str:
             _ceiling_row(
                 "ceiling: database only",
                 database,
-                e2e,
-                lambda c: f"{_num(c['orders_per_second'])} orders/s (pgbench)",
+                lambda c: (
+                    f"{_num(c['orders_per_second'])} orders/s (pgbench); "
+                    f"pipeline = {_pct(e2e, c['orders_per_second'])} of it"
+                ),
             )
         )
     broker = ceilings.get("broker")
@@ -159,10 +153,10 @@ def summary(result: dict[str, Any]) -> str:
             _ceiling_row(
                 "ceiling: broker only",
                 broker,
-                e2e,
                 lambda c: (
                     f"{_num(c['messages_per_second'])} messages/s = "
-                    f"{_num(c['orders_per_second'])} orders/s"
+                    f"{_num(c['orders_per_second'])} orders/s; "
+                    f"pipeline = {_pct(e2e, c['orders_per_second'])} of it"
                 ),
             )
         )
@@ -174,10 +168,21 @@ def write_json(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def _process_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """CPU and memory of each process, when the run measured them."""
+    rows = []
+    cpu = result.get("cpu_percent_of_one_core") or {}
+    if cpu:
+        rows.append(("CPU, % of one core", "  ".join(f"{k} {v:g}" for k, v in cpu.items())))
+    if result.get("rss_mib"):
+        rows.append(_rss_row(result["rss_mib"]))
+    return rows
+
+
 def _ceiling_row(
-    name: str, ceiling: dict[str, Any], e2e: float, figure: Callable[[dict[str, Any]], str]
+    name: str, ceiling: dict[str, Any], describe: Callable[[dict[str, Any]], str]
 ) -> tuple[str, str]:
-    """A ceiling's figure and the pipeline's share of it, or why it could not be measured."""
+    """A ceiling's figures, or why it could not be measured."""
     if "error" in ceiling:
         return (name, f"failed: {ceiling['error']}")
-    return (name, f"{figure(ceiling)}; pipeline = {_pct(e2e, ceiling['orders_per_second'])} of it")
+    return (name, describe(ceiling))
