@@ -291,10 +291,7 @@ async def bench_drain(options: BenchOptions) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="acme-bench-logs-"))
     failed = True
     try:
-        swept = await system.sweep_abandoned(base)
-        if swept:
-            _say(f"dropped what crashed benchmark runs left: {', '.join(swept)}")
-        scratch = await system.create_scratch(base)
+        scratch = await _fresh_scratch(base)
         _say(f"created database and vhost {scratch.name}")
         result["system"] = {
             "database": scratch.name,
@@ -336,11 +333,7 @@ async def bench_drain(options: BenchOptions) -> dict[str, Any]:
             result["ceilings"] = found_ceilings
         failed = "error" in result
     finally:
-        if services is not None:
-            await system.stop_services(services)
-        if scratch is not None:
-            await system.drop_scratch(scratch)
-        _keep_logs_if(failed, log_dir)
+        await _tear_down(services, scratch, failed, log_dir)
     return result
 
 
@@ -373,10 +366,7 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
         if options.attach:
             api_url, settings = options.attach, base
         else:
-            swept = await system.sweep_abandoned(base)
-            if swept:
-                _say(f"dropped what crashed benchmark runs left: {', '.join(swept)}")
-            scratch = await system.create_scratch(base)
+            scratch = await _fresh_scratch(base)
             settings = scratch.settings
             _say(f"created database and vhost {scratch.name}; starting the services")
             environ = system.service_environment(
@@ -435,12 +425,30 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
             result["ceilings"] = found
         failed = False
     finally:
-        if services is not None:
-            await system.stop_services(services)
-        if scratch is not None:
-            await system.drop_scratch(scratch)
-        _keep_logs_if(failed, log_dir)
+        await _tear_down(services, scratch, failed, log_dir)
     return result
+
+
+async def _fresh_scratch(base: Settings) -> system.Scratch:
+    """Drop what crashed runs left behind, then make this run's own database and vhost."""
+    swept = await system.sweep_abandoned(base)
+    if swept:
+        _say(f"dropped what crashed benchmark runs left: {', '.join(swept)}")
+    return await system.create_scratch(base)
+
+
+async def _tear_down(
+    services: system.Services | None,
+    scratch: system.Scratch | None,
+    failed: bool,
+    log_dir: Path,
+) -> None:
+    """Whatever a run started is stopped and dropped, however it ended."""
+    if services is not None:
+        await system.stop_services(services)
+    if scratch is not None:
+        await system.drop_scratch(scratch)
+    _keep_logs_if(failed, log_dir)
 
 
 def _keep_logs_if(failed: bool, log_dir: Path) -> None:
