@@ -1,11 +1,15 @@
 """The idempotent consumer, written once around every handler.
 
-For each message: decode and validate it against its event model; in one database transaction,
-record (service, event_id) in processed_events, run the handler and write the events it returns
-to the outbox; commit; then ack. A redelivered event finds its row in processed_events and changes
-nothing. A message that can never succeed goes to the queue's dead-letter queue with the reason; a
-handler that fails otherwise is retried (nack and requeue, after a pause), and RabbitMQ dead-letters
-the message once it has been delivered DELIVERY_LIMIT times.
+Messages are handled in micro-batches: whatever the consumer has received (up to its prefetch)
+while the previous batch was being handled. For a batch: decode and validate each message against
+its event model; in one database transaction, record each (service, event_id) in
+processed_events, run the handlers on the events seen for the first time and write the events
+they return to the outbox; commit; then ack each message. A redelivered event finds its row in
+processed_events and changes nothing. A message that can never succeed goes to the queue's
+dead-letter queue with the reason; a handler that fails otherwise is retried (nack and requeue,
+after a pause), and RabbitMQ dead-letters the message once it has been delivered DELIVERY_LIMIT
+times. When a batch fails, its messages are handled again one at a time, so only the message at
+fault is dead-lettered or retried.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 import aio_pika
 import asyncpg
@@ -38,7 +43,7 @@ E = TypeVar("E", bound=Event)
 RETRY_PAUSE_MAX = 5.0
 
 # Errors that say nothing about the message: the database is away, restarting, or chose this
-# transaction as a deadlock or serialization victim. The message is retried in place, unacked,
+# transaction as a deadlock or serialization victim. The batch is retried in place, unacked,
 # so an outage does not use up its deliveries and send good orders to the dead-letter queue.
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -51,13 +56,20 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
 )
 
+Handler = Callable[[Sequence[E], Connection], Awaitable[Sequence[Event]]]
+
 
 @dataclass(frozen=True, slots=True)
 class Route(Generic[E]):
-    """One event type a consumer handles, and the handler that does it."""
+    """One event type a consumer handles, and the handler that does it.
+
+    A handler takes the events of a batch, in delivery order, each seen by this service for the
+    first time, and the transaction to do its work in; it returns the events to publish. It
+    raises UnprocessableEventError for an event that can never succeed. Routes that share a
+    handler get the events of all their types in one call."""
 
     event_type: type[E]
-    handler: Callable[[E, Connection], Awaitable[Sequence[Event]]]
+    handler: Handler[E]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,15 @@ class Consumer:
         object.__setattr__(self, "by_type", mapping)
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message decoded into the event its route handles."""
+
+    message: AbstractIncomingMessage
+    route: Route[Any]
+    event: Event
+
+
 def _validation_summary(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
@@ -81,7 +102,7 @@ def _validation_summary(exc: ValidationError) -> str:
 
 
 class ConsumerRunner:
-    """Runs one Consumer on a channel, tracking in-flight messages for a graceful stop."""
+    """Runs one Consumer: takes the messages delivered to it and handles them batch by batch."""
 
     def __init__(
         self,
@@ -89,112 +110,157 @@ class ConsumerRunner:
         pool: asyncpg.Pool,
         dead_letters: AbstractExchange,
         stop: asyncio.Event,
+        max_batch: int,
     ) -> None:
         self.consumer = consumer
         self.pool = pool
         self.dead_letters = dead_letters
         self.stop = stop
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.max_batch = max_batch
+        # Every message put here is marked done once it is settled or given back, so join()
+        # tells when nothing is in flight.
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.requeues: set[asyncio.Task[None]] = set()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-        try:
-            await self.process(message)
-        except Exception:
-            # Typically the broker went away between commit and ack (or while parking a dead
-            # letter). The message is unacked, so RabbitMQ delivers it again once we are back,
-            # and processed_events turns that delivery into a no-op.
-            logger.warning(
-                "could not settle message %s on %s; it will be redelivered",
-                message.message_id,
-                self.consumer.queue.name,
-                exc_info=True,
-            )
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
+        self.inbox.put_nowait(message)
 
-    async def process(self, message: AbstractIncomingMessage) -> None:
+    async def run(self) -> None:
+        """Handle batches until cancelled."""
+        while True:
+            batch = [await self.inbox.get()]
+            while len(batch) < self.max_batch and not self.inbox.empty():
+                batch.append(self.inbox.get_nowait())
+            try:
+                await self.process(batch)
+            except Exception:
+                # Typically the broker went away between commit and ack (or while parking a dead
+                # letter). The messages are unacked, so RabbitMQ delivers them again once we are
+                # back, and processed_events turns that delivery into a no-op.
+                logger.warning(
+                    "could not settle %d message(s) on %s; they will be redelivered",
+                    len(batch),
+                    self.consumer.queue.name,
+                    exc_info=True,
+                )
+            finally:
+                for _ in batch:
+                    self.inbox.task_done()
+
+    async def drained(self) -> None:
+        """Wait until every message received so far is settled or given back."""
+        await self.inbox.join()
+        while self.requeues:
+            await asyncio.gather(*self.requeues, return_exceptions=True)
+
+    async def process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
+        deliveries = [d for d in [await self.decode(m) for m in batch] if d is not None]
+        if deliveries:
+            await self.handle(deliveries)
+
+    async def decode(self, message: AbstractIncomingMessage) -> Delivery | None:
+        """The message's event, or None when the message was dead-lettered or skipped."""
         try:
             raw = orjson.loads(message.body)
         except orjson.JSONDecodeError as exc:
             await self.dead_letter(message, f"body is not JSON: {exc}")
-            return
+            return None
         if not isinstance(raw, dict) or not isinstance(raw.get("event_type"), str):
             await self.dead_letter(message, "body is not an event: no event_type")
-            return
+            return None
         route = self.consumer.by_type.get(raw["event_type"])
         if route is None:
             # A wildcard binding can bring event types this service has no use for.
             logger.debug("ignoring %s on %s", raw["event_type"], self.consumer.queue.name)
             await message.ack()
-            return
+            return None
         try:
             event = route.event_type.model_validate(raw)
         except ValidationError as exc:
             await self.dead_letter(
                 message, f"invalid {raw['event_type']}: {_validation_summary(exc)}"
             )
-            return
+            return None
+        return Delivery(message, route, event)
 
+    async def handle(self, deliveries: Sequence[Delivery]) -> None:
         pause = 0.1
         while True:
             try:
-                first_time = await self.handle_once(route, event)
+                first_time = await self.handle_once(deliveries)
                 break
-            except UnprocessableEventError as exc:
-                await self.dead_letter(message, str(exc))
-                return
             except TRANSIENT_DB_ERRORS as exc:
                 logger.warning(
-                    "database unavailable handling %s for order %s (%r); retrying in %.1fs",
-                    event.event_type,
-                    event.order_id,
+                    "database unavailable handling %d event(s) on %s (%r); retrying in %.1fs",
+                    len(deliveries),
+                    self.consumer.queue.name,
                     exc,
                     pause,
                 )
                 if await wait_or_stop(self.stop, pause):
-                    # Left unacked: closing the channel hands the message back to the queue.
+                    # Left unacked: closing the channel hands the messages back to the queue.
                     return
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
             except Exception as exc:
-                await self.retry_later(message, event, exc)
+                if len(deliveries) > 1:
+                    # One event spoilt the batch; alone, each meets its own fate.
+                    for delivery in deliveries:
+                        await self.handle([delivery])
+                elif isinstance(exc, UnprocessableEventError):
+                    await self.dead_letter(deliveries[0].message, str(exc))
+                else:
+                    self.retry_later(deliveries[0], exc)
                 return
 
-        if not first_time:
-            logger.info(
-                "duplicate %s %s for order %s ignored",
-                event.event_type,
-                event.event_id,
-                event.order_id,
-            )
+        for delivery in deliveries:
+            event = delivery.event
+            if event.event_id in first_time:
+                first_time.discard(event.event_id)
+            else:
+                logger.info(
+                    "duplicate %s %s for order %s ignored",
+                    event.event_type,
+                    event.event_id,
+                    event.order_id,
+                )
         # Ack only now that the transaction has committed: a crash before this line redelivers
-        # the message, and processed_events turns the redelivery into a no-op.
-        await message.ack()
+        # the messages, and processed_events turns the redelivery into a no-op.
+        for delivery in deliveries:
+            await delivery.message.ack()
 
-    async def handle_once(self, route: Route[Any], event: Event) -> bool:
-        """Handle the event in one transaction; False when this service had already handled it."""
+    async def handle_once(self, deliveries: Sequence[Delivery]) -> set[UUID]:
+        """Handle the batch in one transaction; returns the ids of the events this service had
+        not handled before (the others, and repeats within the batch, change nothing)."""
+        event_ids = sorted({d.event.event_id for d in deliveries})
         async with self.pool.acquire() as conn, conn.transaction():
-            first_time = await conn.fetchval(
-                """
-                INSERT INTO processed_events (service, event_id) VALUES ($1, $2)
-                ON CONFLICT DO NOTHING
-                RETURNING true
-                """,
-                self.consumer.service,
-                event.event_id,
-            )
-            if first_time:
-                await add_to_outbox(conn, await route.handler(event, conn))
-        return bool(first_time)
+            # Sorted, so two transactions that share events take their keys in the same order.
+            first_time: set[UUID] = {
+                row["event_id"]
+                for row in await conn.fetch(
+                    """
+                    INSERT INTO processed_events (service, event_id)
+                    SELECT $1, unnest($2::uuid[])
+                    ON CONFLICT DO NOTHING
+                    RETURNING event_id
+                    """,
+                    self.consumer.service,
+                    event_ids,
+                )
+            }
+            by_handler: dict[Handler[Any], list[Event]] = {}
+            unhandled = set(first_time)
+            for delivery in deliveries:
+                if delivery.event.event_id in unhandled:
+                    unhandled.discard(delivery.event.event_id)
+                    by_handler.setdefault(delivery.route.handler, []).append(delivery.event)
+            emitted: list[Event] = []
+            for handler, events in by_handler.items():
+                emitted.extend(await handler(events, conn))
+            await add_to_outbox(conn, emitted)
+        return first_time
 
-    async def retry_later(
-        self, message: AbstractIncomingMessage, event: Event, error: Exception
-    ) -> None:
+    def retry_later(self, delivery: Delivery, error: Exception) -> None:
+        message, event = delivery.message, delivery.event
         # Quorum queues count earlier deliveries in this header.
         count = (message.headers or {}).get("x-delivery-count")
         deliveries = count if isinstance(count, int) else 0
@@ -206,10 +272,24 @@ class ConsumerRunner:
             deliveries + 1,
             exc_info=error,
         )
-        # A pause before the requeue keeps a failing handler out of a hot loop, while the other
-        # prefetched messages go on being handled.
-        await asyncio.sleep(min(0.2 * 2**deliveries, RETRY_PAUSE_MAX))
-        await message.nack(requeue=True)
+        # A pause before the requeue keeps a failing handler out of a hot loop, while the next
+        # batches go on being handled.
+        task = asyncio.create_task(
+            self._requeue_after(message, min(0.2 * 2**deliveries, RETRY_PAUSE_MAX))
+        )
+        self.requeues.add(task)
+        task.add_done_callback(self.requeues.discard)
+
+    async def _requeue_after(self, message: AbstractIncomingMessage, pause: float) -> None:
+        try:
+            if not await wait_or_stop(self.stop, pause):
+                await message.nack(requeue=True)
+        except Exception:
+            logger.warning(
+                "could not requeue message %s; it will be redelivered",
+                message.message_id,
+                exc_info=True,
+            )
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Park the message in the queue's dead-letter queue with the reason, then ack it. The copy
@@ -256,22 +336,32 @@ async def serve_consumers(
         await channel.set_qos(prefetch_count=settings.prefetch_count)
         dead_letters = await declare_dead_letter_exchange(channel)
         runners: list[tuple[ConsumerRunner, AbstractQueue, str]] = []
-        for consumer in consumers:
-            queue = await declare_queue(channel, consumer.queue)
-            runner = ConsumerRunner(consumer, connections.pool, dead_letters, stop)
-            tag = await queue.consume(runner.on_message)
-            runners.append((runner, queue, tag))
-        logger.info("ready: consuming %s", ", ".join(c.queue.name for c in consumers))
-
-        await stop.wait()
+        batch_loops: list[asyncio.Task[None]] = []
         try:
-            # Bounded as a whole: cancelling a consumer waits for the broker, which may be away.
-            async with asyncio.timeout(settings.shutdown_timeout):
-                for _, queue, tag in runners:
-                    await queue.cancel(tag)
-                await asyncio.gather(*(runner.idle.wait() for runner, _, _ in runners))
-        except TimeoutError:
-            logger.warning(
-                "in-flight messages did not finish within %.0fs; RabbitMQ will redeliver them",
-                settings.shutdown_timeout,
-            )
+            for consumer in consumers:
+                queue = await declare_queue(channel, consumer.queue)
+                runner = ConsumerRunner(
+                    consumer, connections.pool, dead_letters, stop, settings.prefetch_count
+                )
+                batch_loops.append(asyncio.create_task(runner.run()))
+                tag = await queue.consume(runner.on_message)
+                runners.append((runner, queue, tag))
+            logger.info("ready: consuming %s", ", ".join(c.queue.name for c in consumers))
+
+            await stop.wait()
+            try:
+                # Bounded as a whole: cancelling a consumer waits for the broker, which may be
+                # away.
+                async with asyncio.timeout(settings.shutdown_timeout):
+                    for _, queue, tag in runners:
+                        await queue.cancel(tag)
+                    await asyncio.gather(*(runner.drained() for runner, _, _ in runners))
+            except TimeoutError:
+                logger.warning(
+                    "in-flight messages did not finish within %.0fs; RabbitMQ will redeliver them",
+                    settings.shutdown_timeout,
+                )
+        finally:
+            for loop in batch_loops:
+                loop.cancel()
+            await asyncio.gather(*batch_loops, return_exceptions=True)

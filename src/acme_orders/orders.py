@@ -7,6 +7,7 @@ they expect, and a trigger in the database refuses any other.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from uuid import UUID
 
@@ -29,17 +30,34 @@ class UnprocessableEventError(Exception):
     retrying is pointless, so it goes to the dead-letter queue with this message as the reason."""
 
 
-async def lock_order(tx: Connection, order_id: UUID) -> OrderStatus:
-    """Lock the order row for this transaction and return its status. NO KEY UPDATE: only the
-    status will change, so rows that merely reference the order are not held up."""
-    status = await tx.fetchval(
-        "SELECT status FROM orders WHERE id = $1 FOR NO KEY UPDATE", order_id
+async def lock_orders(tx: Connection, order_ids: Iterable[UUID]) -> dict[UUID, OrderStatus]:
+    """Lock the orders' rows for this transaction and return their statuses. Rows are locked in
+    id order, the same order in every service, so two transactions that share orders wait for
+    each other instead of deadlocking. NO KEY UPDATE: only the status will change, so rows that
+    merely reference an order are not held up."""
+    ids = sorted(set(order_ids))
+    rows = await tx.fetch(
+        "SELECT id, status FROM orders WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
+        ids,
     )
-    if status is None:
-        raise UnprocessableEventError(f"order {order_id} does not exist")
-    return OrderStatus(status)
+    statuses = {row["id"]: OrderStatus(row["status"]) for row in rows}
+    for order_id in ids:
+        if order_id not in statuses:
+            raise UnprocessableEventError(f"order {order_id} does not exist")
+    return statuses
 
 
-async def set_order_status(tx: Connection, order_id: UUID, status: OrderStatus) -> None:
-    """Write the new status; the trigger stamps updated_at and refuses an illegal transition."""
-    await tx.execute("UPDATE orders SET status = $2 WHERE id = $1", order_id, status.value)
+async def set_order_statuses(tx: Connection, statuses: Mapping[UUID, OrderStatus]) -> None:
+    """Write the new statuses in one statement; the trigger stamps updated_at and refuses an
+    illegal transition."""
+    if not statuses:
+        return
+    await tx.execute(
+        """
+        UPDATE orders AS o SET status = new.status
+        FROM unnest($1::uuid[], $2::text[]) AS new (id, status)
+        WHERE o.id = new.id
+        """,
+        list(statuses),
+        [status.value for status in statuses.values()],
+    )

@@ -44,8 +44,8 @@ class Recorder:
         self.seen: list[Event] = []
         self.fail_with: Exception | None = None
 
-    async def __call__(self, event: OrderPlaced, tx: Connection) -> Sequence[Event]:
-        self.seen.append(event)
+    async def __call__(self, events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
+        self.seen.extend(events)
         if self.fail_with is not None:
             raise self.fail_with
         return []

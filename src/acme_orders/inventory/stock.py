@@ -1,9 +1,15 @@
-"""The inventory's decisions: reserve an order's stock, or release it."""
+"""The inventory's decisions: reserve an order's stock, or release it.
+
+Both handlers take a batch of events, handled in one transaction, and decide order by order in
+delivery order, so a batch decides exactly as the same events would one at a time.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from uuid import UUID
 
 from acme_orders.database import Connection
 from acme_orders.events import (
@@ -16,128 +22,167 @@ from acme_orders.events import (
     StockLine,
     StockShortage,
 )
-from acme_orders.orders import OrderStatus, lock_order, set_order_status
+from acme_orders.orders import OrderStatus, lock_orders, set_order_statuses
 
 logger = logging.getLogger(__name__)
 
 
-async def reserve_stock(event: OrderPlaced, tx: Connection) -> Sequence[Event]:
-    """Reserve every line of the order or none of them."""
-    status = await lock_order(tx, event.order_id)
-    if status is not OrderStatus.PENDING:
-        logger.info("order %s is already %s; nothing to reserve", event.order_id, status)
+async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
+    """Reserve every line of each order or none of them."""
+    statuses = await lock_orders(tx, (event.order_id for event in events))
+    pending = []
+    for event in events:
+        if statuses[event.order_id] is OrderStatus.PENDING:
+            pending.append(event)
+            # A second event for the same order in this batch finds it decided.
+            statuses[event.order_id] = OrderStatus.RESERVED
+        else:
+            logger.info(
+                "order %s is already %s; nothing to reserve",
+                event.order_id,
+                statuses[event.order_id],
+            )
+    if not pending:
         return []
 
-    lines = sorted(event.items, key=lambda line: line.sku)
-    skus = [line.sku for line in lines]
-    # Rows are locked in SKU order, the same order for every order, so two orders that share
-    # products wait for each other instead of deadlocking. NO KEY UPDATE, because only the stock
-    # changes: it does not conflict with the KEY SHARE locks that foreign keys to products (the
-    # API inserting order_items) take, which would otherwise deadlock with us.
-    stock = {
-        r["sku"]: r["stock_qty"]
-        for r in await tx.fetch(
-            """
-            SELECT sku, stock_qty FROM products
-            WHERE sku = ANY($1::text[])
-            ORDER BY sku
-            FOR NO KEY UPDATE
-            """,
-            skus,
-        )
-    }
-    shortages = [
-        StockShortage(sku=line.sku, requested=line.qty, available=stock.get(line.sku, 0))
-        for line in lines
-        if stock.get(line.sku, 0) < line.qty
-    ]
-    if shortages:
-        await set_order_status(tx, event.order_id, OrderStatus.OUT_OF_STOCK)
-        logger.info(
-            "OUT_OF_STOCK order %s: %s",
-            event.order_id,
-            ", ".join(f"{s.sku} wants {s.requested}, has {s.available}" for s in shortages),
-        )
-        return [
-            OrderOutOfStock(
+    stock = await _lock_products(tx, {line.sku for event in pending for line in event.items})
+
+    decided: dict[UUID, OrderStatus] = {}
+    taken: Counter[str] = Counter()
+    reservations: list[tuple[UUID, str, int]] = []
+    emitted: list[Event] = []
+    for event in pending:
+        wanted = _quantities_by_sku(event)
+        shortages = [
+            StockShortage(sku=sku, requested=qty, available=stock.get(sku, 0))
+            for sku, qty in wanted.items()
+            if stock.get(sku, 0) < qty
+        ]
+        if shortages:
+            decided[event.order_id] = OrderStatus.OUT_OF_STOCK
+            emitted.append(
+                OrderOutOfStock(
+                    order_id=event.order_id,
+                    customer_id=event.customer_id,
+                    email=event.email,
+                    shortages=tuple(shortages),
+                )
+            )
+            logger.info(
+                "OUT_OF_STOCK order %s: %s",
+                event.order_id,
+                ", ".join(f"{s.sku} wants {s.requested}, has {s.available}" for s in shortages),
+            )
+            continue
+        for sku, qty in wanted.items():
+            stock[sku] -= qty
+            taken[sku] += qty
+            reservations.append((event.order_id, sku, qty))
+        decided[event.order_id] = OrderStatus.RESERVED
+        emitted.append(
+            InventoryReserved(
                 order_id=event.order_id,
                 customer_id=event.customer_id,
                 email=event.email,
-                shortages=tuple(shortages),
+                items=event.items,
+                total=event.total,
             )
-        ]
-
-    quantities = [line.qty for line in lines]
-    await tx.execute(
-        """
-        UPDATE products AS p SET stock_qty = p.stock_qty - wanted.qty
-        FROM unnest($1::text[], $2::int[]) AS wanted (sku, qty)
-        WHERE p.sku = wanted.sku
-        """,
-        skus,
-        quantities,
-    )
-    await tx.execute(
-        """
-        INSERT INTO stock_reservations (order_id, sku, qty)
-        SELECT $1, sku, qty FROM unnest($2::text[], $3::int[]) AS wanted (sku, qty)
-        """,
-        event.order_id,
-        skus,
-        quantities,
-    )
-    await set_order_status(tx, event.order_id, OrderStatus.RESERVED)
-    logger.info(
-        "RESERVED order %s: %s",
-        event.order_id,
-        ", ".join(f"{line.sku} x{line.qty}" for line in lines),
-    )
-    return [
-        InventoryReserved(
-            order_id=event.order_id,
-            customer_id=event.customer_id,
-            email=event.email,
-            items=event.items,
-            total=event.total,
         )
-    ]
+        logger.info(
+            "RESERVED order %s: %s",
+            event.order_id,
+            ", ".join(f"{sku} x{qty}" for sku, qty in wanted.items()),
+        )
+
+    if taken:
+        await _add_stock(tx, {sku: -qty for sku, qty in taken.items()})
+        await tx.execute(
+            """
+            INSERT INTO stock_reservations (order_id, sku, qty)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])
+            """,
+            [order_id for order_id, _, _ in reservations],
+            [sku for _, sku, _ in reservations],
+            [qty for _, _, qty in reservations],
+        )
+    await set_order_statuses(tx, decided)
+    return emitted
 
 
-async def release_stock(event: PaymentFailed, tx: Connection) -> Sequence[Event]:
-    """Put back what was reserved for an order whose payment failed, once."""
-    await lock_order(tx, event.order_id)
+async def release_stock(events: Sequence[PaymentFailed], tx: Connection) -> Sequence[Event]:
+    """Put back what was reserved for orders whose payment failed, once."""
+    order_ids = [event.order_id for event in events]
+    await lock_orders(tx, order_ids)
     released = await tx.fetch(
         """
         UPDATE stock_reservations SET status = 'released', released_at = clock_timestamp()
-        WHERE order_id = $1 AND status = 'reserved'
-        RETURNING sku, qty
+        WHERE order_id = ANY($1::uuid[]) AND status = 'reserved'
+        RETURNING order_id, sku, qty
         """,
-        event.order_id,
+        order_ids,
     )
-    if not released:
-        logger.info("order %s holds no reserved stock; nothing to release", event.order_id)
-        return []
-    items = tuple(sorted((StockLine(sku=r["sku"], qty=r["qty"]) for r in released), key=_sku))
-    skus = [line.sku for line in items]
-    # Row locks in SKU order, as when reserving.
-    await tx.execute(
-        "SELECT 1 FROM products WHERE sku = ANY($1::text[]) ORDER BY sku FOR NO KEY UPDATE", skus
+    by_order: dict[UUID, list[StockLine]] = {}
+    back: Counter[str] = Counter()
+    for row in released:
+        by_order.setdefault(row["order_id"], []).append(StockLine(sku=row["sku"], qty=row["qty"]))
+        back[row["sku"]] += row["qty"]
+    if back:
+        await _lock_products(tx, back)
+        await _add_stock(tx, back)
+
+    emitted: list[Event] = []
+    for order_id in dict.fromkeys(order_ids):
+        lines = by_order.get(order_id)
+        if not lines:
+            logger.info("order %s holds no reserved stock; nothing to release", order_id)
+            continue
+        items = tuple(sorted(lines, key=_sku))
+        emitted.append(InventoryReleased(order_id=order_id, items=items))
+        logger.info(
+            "RELEASED order %s: %s",
+            order_id,
+            ", ".join(f"{line.sku} x{line.qty}" for line in items),
+        )
+    return emitted
+
+
+async def _lock_products(tx: Connection, skus: Iterable[str]) -> dict[str, int]:
+    """Lock the products' rows and return their stock. Rows are locked in SKU order, the same
+    order in every transaction, so two that share products wait for each other instead of
+    deadlocking. NO KEY UPDATE, because only the stock changes: it does not conflict with the KEY
+    SHARE locks that foreign keys to products (the API inserting order_items) take, which would
+    otherwise deadlock with us."""
+    rows = await tx.fetch(
+        """
+        SELECT sku, stock_qty FROM products
+        WHERE sku = ANY($1::text[])
+        ORDER BY sku
+        FOR NO KEY UPDATE
+        """,
+        sorted(set(skus)),
     )
+    return {row["sku"]: row["stock_qty"] for row in rows}
+
+
+async def _add_stock(tx: Connection, change_by_sku: Mapping[str, int]) -> None:
+    """Change the stock of products whose rows this transaction has locked."""
     await tx.execute(
         """
-        UPDATE products AS p SET stock_qty = p.stock_qty + back.qty
-        FROM unnest($1::text[], $2::int[]) AS back (sku, qty)
-        WHERE p.sku = back.sku
+        UPDATE products AS p SET stock_qty = p.stock_qty + change.qty
+        FROM unnest($1::text[], $2::int[]) AS change (sku, qty)
+        WHERE p.sku = change.sku
         """,
-        skus,
-        [line.qty for line in items],
+        list(change_by_sku),
+        list(change_by_sku.values()),
     )
-    logger.info(
-        "RELEASED order %s: %s",
-        event.order_id,
-        ", ".join(f"{line.sku} x{line.qty}" for line in items),
-    )
-    return [InventoryReleased(order_id=event.order_id, items=items)]
+
+
+def _quantities_by_sku(event: OrderPlaced) -> dict[str, int]:
+    """The order's quantity of each product, in SKU order (an event may name a SKU twice)."""
+    wanted: Counter[str] = Counter()
+    for line in event.items:
+        wanted[line.sku] += line.qty
+    return dict(sorted(wanted.items()))
 
 
 def _sku(line: StockLine) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from acme_orders.database import Connection
 from acme_orders.events import Event, OrderOutOfStock, PaymentCompleted, PaymentFailed
-from acme_orders.orders import lock_order
+from acme_orders.orders import lock_orders
 from acme_orders.privacy import mask_email
 
 logger = logging.getLogger(__name__)
@@ -59,30 +59,36 @@ def compose_email(event: OrderOutcome) -> Email:
             )
 
 
-async def send_notification(event: OrderOutcome, tx: Connection) -> Sequence[Event]:
-    """Record the e-mail and "send" it: a log line, with the recipient masked."""
-    await lock_order(tx, event.order_id)
-    email = compose_email(event)
-    stored = await tx.fetchval(
-        """
-        INSERT INTO notifications (order_id, kind, recipient, subject, body)
-        VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (order_id, kind) DO NOTHING
-        RETURNING id
-        """,
-        event.order_id,
-        email.kind,
-        email.recipient,
-        email.subject,
-        email.body,
-    )
-    if stored is None:
-        logger.info("order %s was already told %s; not sending again", event.order_id, email.kind)
-    else:
-        logger.info(
-            "%s: e-mail sent to %s for order %s",
-            email.title,
-            mask_email(email.recipient),
-            event.order_id,
+async def send_notifications(events: Sequence[OrderOutcome], tx: Connection) -> Sequence[Event]:
+    """Record each e-mail and "send" it: a log line, with the recipient masked. An order is told
+    each outcome once, however often its event arrives."""
+    await lock_orders(tx, (event.order_id for event in events))
+    emails = [(event.order_id, compose_email(event)) for event in events]
+    stored = {
+        (row["order_id"], row["kind"])
+        for row in await tx.fetch(
+            """
+            INSERT INTO notifications (order_id, kind, recipient, subject, body)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+            ON CONFLICT (order_id, kind) DO NOTHING
+            RETURNING order_id, kind
+            """,
+            [order_id for order_id, _ in emails],
+            [email.kind for _, email in emails],
+            [email.recipient for _, email in emails],
+            [email.subject for _, email in emails],
+            [email.body for _, email in emails],
         )
+    }
+    for order_id, email in emails:
+        if (order_id, email.kind) in stored:
+            stored.discard((order_id, email.kind))
+            logger.info(
+                "%s: e-mail sent to %s for order %s",
+                email.title,
+                mask_email(email.recipient),
+                order_id,
+            )
+        else:
+            logger.info("order %s was already told %s; not sending again", order_id, email.kind)
     return []

@@ -7,7 +7,7 @@ import asyncio
 from acme_orders.consumer import Consumer, Route, serve_consumers
 from acme_orders.events import OrderOutOfStock, PaymentCompleted, PaymentFailed
 from acme_orders.messaging import QueueSpec
-from acme_orders.notification.email import send_notification
+from acme_orders.notification.email import send_notifications
 from acme_orders.settings import Settings
 
 SERVICE = "notification"
@@ -24,9 +24,9 @@ def consumers() -> list[Consumer]:
             SERVICE,
             ORDER_OUTCOME_QUEUE,
             [
-                Route(PaymentCompleted, send_notification),
-                Route(PaymentFailed, send_notification),
-                Route(OrderOutOfStock, send_notification),
+                Route(PaymentCompleted, send_notifications),
+                Route(PaymentFailed, send_notifications),
+                Route(OrderOutOfStock, send_notifications),
             ],
         )
     ]

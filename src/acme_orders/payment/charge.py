@@ -6,10 +6,11 @@ import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
+from uuid import UUID
 
 from acme_orders.database import Connection
 from acme_orders.events import Event, InventoryReserved, PaymentCompleted, PaymentFailed
-from acme_orders.orders import OrderStatus, lock_order, set_order_status
+from acme_orders.orders import OrderStatus, lock_orders, set_order_statuses
 
 logger = logging.getLogger(__name__)
 
@@ -25,33 +26,43 @@ def simulated_gateway(success_rate: float) -> Gateway:
     return charge
 
 
-async def charge_order(
-    event: InventoryReserved, tx: Connection, gateway: Gateway
+async def charge_orders(
+    events: Sequence[InventoryReserved], tx: Connection, gateway: Gateway
 ) -> Sequence[Event]:
-    status = await lock_order(tx, event.order_id)
-    if status is not OrderStatus.RESERVED:
-        logger.info("order %s is already %s; nothing to charge", event.order_id, status)
-        return []
-    if gateway(event):
-        await set_order_status(tx, event.order_id, OrderStatus.PAID)
-        logger.info("COMPLETED payment of %s for order %s", event.total, event.order_id)
-        return [
-            PaymentCompleted(
-                order_id=event.order_id,
-                customer_id=event.customer_id,
-                email=event.email,
-                amount=event.total,
-                payment_id=uuid.uuid4(),
+    """Charge each reserved order once; its status becomes paid or payment_failed."""
+    statuses = await lock_orders(tx, (event.order_id for event in events))
+    decided: dict[UUID, OrderStatus] = {}
+    emitted: list[Event] = []
+    for event in events:
+        status = decided.get(event.order_id, statuses[event.order_id])
+        if status is not OrderStatus.RESERVED:
+            logger.info("order %s is already %s; nothing to charge", event.order_id, status)
+            continue
+        if gateway(event):
+            decided[event.order_id] = OrderStatus.PAID
+            emitted.append(
+                PaymentCompleted(
+                    order_id=event.order_id,
+                    customer_id=event.customer_id,
+                    email=event.email,
+                    amount=event.total,
+                    payment_id=uuid.uuid4(),
+                )
             )
-        ]
-    await set_order_status(tx, event.order_id, OrderStatus.PAYMENT_FAILED)
-    logger.info("FAILED payment of %s for order %s: card declined", event.total, event.order_id)
-    return [
-        PaymentFailed(
-            order_id=event.order_id,
-            customer_id=event.customer_id,
-            email=event.email,
-            amount=event.total,
-            reason="card declined",
-        )
-    ]
+            logger.info("COMPLETED payment of %s for order %s", event.total, event.order_id)
+        else:
+            decided[event.order_id] = OrderStatus.PAYMENT_FAILED
+            emitted.append(
+                PaymentFailed(
+                    order_id=event.order_id,
+                    customer_id=event.customer_id,
+                    email=event.email,
+                    amount=event.total,
+                    reason="card declined",
+                )
+            )
+            logger.info(
+                "FAILED payment of %s for order %s: card declined", event.total, event.order_id
+            )
+    await set_order_statuses(tx, decided)
+    return emitted

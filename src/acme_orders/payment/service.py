@@ -8,7 +8,7 @@ import functools
 from acme_orders.consumer import Consumer, Route, serve_consumers
 from acme_orders.events import InventoryReserved
 from acme_orders.messaging import QueueSpec
-from acme_orders.payment.charge import charge_order, simulated_gateway
+from acme_orders.payment.charge import charge_orders, simulated_gateway
 from acme_orders.settings import Settings
 
 SERVICE = "payment"
@@ -18,7 +18,7 @@ QUEUES = (INVENTORY_RESERVED_QUEUE,)
 
 def consumers(settings: Settings) -> list[Consumer]:
     gateway = simulated_gateway(settings.payment_success_rate)
-    handler = functools.partial(charge_order, gateway=gateway)
+    handler = functools.partial(charge_orders, gateway=gateway)
     return [Consumer(SERVICE, INVENTORY_RESERVED_QUEUE, [Route(InventoryReserved, handler)])]
 
 
