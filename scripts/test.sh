@@ -9,5 +9,7 @@ ruff check .
 ruff format --check .
 echo "==> mypy"
 mypy
+echo "==> pip-audit (runtime dependencies; fails on a known vulnerability with a fix)"
+python scripts/audit_dependencies.py
 echo "==> pytest"
 exec pytest "$@"
