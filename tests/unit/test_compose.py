@@ -7,6 +7,7 @@ knows."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from acme_orders.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+# ${NAME}, ${NAME:-default} and ${NAME-default}: what this file uses of compose's interpolation.
+VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")
 
 CONTAINERS = {
     "postgres": "eda-postgres",
@@ -54,13 +58,40 @@ def services() -> dict[str, dict[str, Any]]:
     return found
 
 
-def environment(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment, written as a mapping or as a list of NAME=value."""
+def interpolate(value: str, dot_env: dict[str, str]) -> str:
+    """What compose makes of `${NAME:-default}` with these variables in `.env` (and none in the
+    shell's environment)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, default = match["name"], match["op"], match["default"] or ""
+        if op == ":-":
+            return dot_env.get(name) or default
+        if op == "-":
+            return dot_env.get(name, default)
+        return dot_env.get(name, "")
+
+    return VARIABLE.sub(substitute, value)
+
+
+def environment(service: dict[str, Any], dot_env: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment, written as a mapping or as a list of NAME=value, as compose
+    passes it on: interpolated with `dot_env` (default: no `.env` at all, a fresh clone)."""
     raw = service.get("environment", {})
     if isinstance(raw, list):
         pairs = (str(item).partition("=") for item in raw)
-        return {name: value for name, _, value in pairs}
-    return {str(name): str(value) for name, value in raw.items()}
+        found = {name: value for name, _, value in pairs}
+    else:
+        found = {str(name): str(value) for name, value in raw.items()}
+    return {name: interpolate(value, dot_env or {}) for name, value in found.items()}
+
+
+def env_example() -> dict[str, str]:
+    entries = (
+        line.partition("=")
+        for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    return {name.strip(): value.strip() for name, _, value in entries}
 
 
 def published_ports(service: dict[str, Any]) -> set[int]:
@@ -201,6 +232,7 @@ def test_app_services_reach_the_servers_with_their_credentials() -> None:
 
     for name in ("migrate", *APP_SERVICES):
         env = environment(found[name])
+        # Without a .env: the development defaults.
         assert env["DATABASE_URL"] == "postgresql://acme:acme@postgres:5432/acme", name
         assert env["RABBITMQ_URL"] == "amqp://eda_user:eda_pass@rabbitmq:5672/", name
         assert "LOG_LEVEL" in env, name
@@ -233,3 +265,68 @@ def test_dockerfile_runs_the_cli_and_carries_the_schema() -> None:
     users = [arguments for keyword, arguments in instructions if keyword == "USER"]
     assert users
     assert users[-1] not in {"root", "0"}
+
+
+def test_a_fresh_clone_without_dot_env_gets_the_documented_development_defaults() -> None:
+    found = services()
+
+    assert environment(found["postgres"])["POSTGRES_PASSWORD"] == "acme"
+    assert environment(found["rabbitmq"])["RABBITMQ_DEFAULT_PASS"] == "eda_pass"
+    # The quick start's API is open, as the README's curl examples need.
+    assert environment(found["orderapi"])["AUTH_DISABLED"] == "1"
+
+
+def test_passwords_and_switches_come_from_dot_env_consistently_everywhere() -> None:
+    found = services()
+    dot_env = {
+        "POSTGRES_PASSWORD": "pg5ecret",
+        "RABBITMQ_PASSWORD": "mq5ecret",
+        "AUTH_DISABLED": "0",
+    }
+
+    assert environment(found["postgres"], dot_env)["POSTGRES_PASSWORD"] == "pg5ecret"
+    assert environment(found["rabbitmq"], dot_env)["RABBITMQ_DEFAULT_PASS"] == "mq5ecret"
+    for name in ("migrate", *APP_SERVICES):
+        env = environment(found[name], dot_env)
+        assert env["DATABASE_URL"] == "postgresql://acme:pg5ecret@postgres:5432/acme", name
+        assert env["RABBITMQ_URL"] == "amqp://eda_user:mq5ecret@rabbitmq:5672/", name
+    assert environment(found["orderapi"], dot_env)["AUTH_DISABLED"] == "0"
+
+
+def test_no_password_is_written_into_the_compose_file_outside_a_dot_env_default() -> None:
+    for name, service in services().items():
+        for variable, raw in service.get("environment", {}).items():
+            value = str(raw)
+            secret = any(word in variable for word in ("PASSWORD", "PASS", "SECRET"))
+            if secret or "URL" in variable:
+                without_defaults = VARIABLE.sub("", value)
+                assert ":acme@" not in without_defaults, (name, variable)
+                assert ":eda_pass@" not in without_defaults, (name, variable)
+            if secret:
+                assert VARIABLE.fullmatch(value), f"{name} {variable} is not read from .env"
+
+
+def test_env_example_documents_every_variable_compose_reads_with_its_default() -> None:
+    example = env_example()
+    read = {
+        match["name"]: match["default"]
+        for match in VARIABLE.finditer(COMPOSE_FILE.read_text(encoding="utf-8"))
+    }
+
+    assert set(example) == set(read)
+    for name, default in read.items():
+        assert example[name] == default, name
+
+
+def test_the_real_dot_env_stays_out_of_git_and_of_the_image() -> None:
+    gitignored = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    dockerignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+
+    assert ".env" in gitignored
+    assert ".env" in dockerignored
+
+
+def test_the_image_sets_no_credential() -> None:
+    for keyword, arguments in dockerfile_instructions():
+        if keyword in {"ENV", "ARG"}:
+            assert not re.search(r"PASSWORD|SECRET|TOKEN|_KEY|://\w+:\w+@", arguments), arguments

@@ -1,0 +1,229 @@
+"""deploy/rabbitmq/definitions.json applied to a real RabbitMQ, as the README says to: imported with
+rabbitmqctl, a password set per user. The whole pipeline runs with those users, each service as
+its own, and each user is refused what it does not need.
+
+The users and permissions go into the test's own vhost, under names of the test's own, and are
+deleted afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aio_pika
+import httpx
+import pytest
+from aio_pika.exceptions import AMQPError
+
+from acme_orders import messaging
+from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.events import EXCHANGE
+from acme_orders.inventory.service import ORDER_PLACED_QUEUE
+from acme_orders.orders import FINAL_STATUSES
+from acme_orders.payment.service import QUEUES as PAYMENT_QUEUES
+from tests.e2e.conftest import start_service
+from tests.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
+from tests.processes import ServiceProcess, free_port, stop_all
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
+
+
+def import_definitions(document: dict[str, Any]) -> None:
+    """`rabbitmqctl import_definitions FILE`. The file must be readable by the broker's own user,
+    which Debian's rabbitmqctl runs as (and which cannot read stdin through its wrapper); it
+    holds no secret."""
+    descriptor, path = tempfile.mkstemp(prefix="acme-definitions-", suffix=".json")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(document, file)
+        os.chmod(path, 0o644)
+        rabbitmqctl("import_definitions", path)
+    finally:
+        os.unlink(path)
+
+
+@pytest.fixture
+async def broker_users(fresh_env: TestEnvironment) -> AsyncIterator[dict[str, str]]:
+    """The definitions imported into the test's vhost, each user renamed `<vhost>-<user>` and
+    given a password; returns each user's AMQP URL, by its name in the file."""
+    document = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
+    logins = {user["name"]: f"{fresh_env.name}-{user['name']}" for user in document["users"]}
+    for user in document["users"]:
+        user["name"] = logins[user["name"]]
+    for entry in document["permissions"] + document["topic_permissions"]:
+        entry["user"] = logins[entry["user"]]
+        entry["vhost"] = fresh_env.name
+    host = RABBITMQ_BASE_URL.split("@", 1)[1].rstrip("/")
+    try:
+        await asyncio.to_thread(import_definitions, document)
+
+        # The import runs in the background: wait until every user has its permissions.
+        async def permissions_in_place() -> bool:
+            listed = await asyncio.to_thread(
+                rabbitmqctl, "list_topic_permissions", "-p", fresh_env.name
+            )
+            return all(login in listed for login in logins.values())
+
+        await wait_until(permissions_in_place, deadline=30, what="the definitions imported")
+        urls = {}
+        for name, login in logins.items():
+            password = secrets.token_hex(16)  # never starting with '-', an option
+            await asyncio.to_thread(rabbitmqctl, "change_password", login, password)
+            urls[name] = f"amqp://{quote(login)}:{password}@{host}/{quote(fresh_env.name, safe='')}"
+        yield urls
+    finally:
+        for login in logins.values():
+            # Not there if the import failed.
+            with contextlib.suppress(subprocess.CalledProcessError):
+                await asyncio.to_thread(rabbitmqctl, "delete_user", login)
+
+
+async def refused(url: str, action: str, *, key: str = "order.placed") -> bool:
+    """Whether RabbitMQ refuses this user the action (True), or lets it (False)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        if action == "publish an event":
+            exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+            await exchange.publish(aio_pika.Message(b"{}"), routing_key=key, timeout=10)
+        elif action.startswith("consume "):
+            queue = await channel.get_queue(action.removeprefix("consume "), ensure=False)
+            await queue.get(no_ack=False, fail=False, timeout=10)
+        elif action == "bind to everything":
+            queue = await channel.get_queue(PAYMENT_QUEUES[0].name, ensure=False)
+            await queue.bind(EXCHANGE, routing_key="#", timeout=10)
+        elif action == "declare a queue":
+            await channel.declare_queue("analytics.all-events", durable=True, timeout=10)
+        else:
+            raise AssertionError(f"unknown action {action!r}")
+    except AMQPError:
+        return True
+    finally:
+        await connection.close()
+    return False
+
+
+async def park_garbage_through_the_consumer(env: TestEnvironment) -> None:
+    """Garbage into inventory's queue (as the test's own, all-powerful user), and wait for
+    inventory, running as its own user, to park it."""
+    connection = await aio_pika.connect(env.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"not json", message_id="garbage"),
+            routing_key=ORDER_PLACED_QUEUE.name,
+        )
+        dlq = await channel.get_queue(ORDER_PLACED_QUEUE.dead_letter_queue)
+
+        async def parked() -> bool:
+            message = await dlq.get(no_ack=True, fail=False)
+            return message is not None and message.message_id == "garbage"
+
+        await wait_until(parked, what="the garbage in inventory's dead-letter queue")
+
+
+async def test_the_pipeline_runs_with_one_least_privileged_user_per_service(
+    fresh_env: TestEnvironment, broker_users: dict[str, str]
+) -> None:
+    # migrate's part: the whole topology, declared again as its own user.
+    await messaging.declare_topology(
+        fresh_env.settings().model_copy(update={"rabbitmq_url": broker_users["acme-migrate"]}),
+        CONSUMER_QUEUES,
+    )
+    port = free_port()
+    base = fresh_env.environ(API_PORT=str(port))
+    processes: list[ServiceProcess] = []
+    try:
+        for service in ("publisher", "inventory", "payment", "notification"):
+            environ = base | {"RABBITMQ_URL": broker_users[f"acme-{service}"]}
+            processes.append(await start_service(service, environ, f"least-privilege-{service}"))
+        # The API has no broker user at all: it never talks to RabbitMQ.
+        api_environ = base | {"RABBITMQ_URL": "amqp://nobody:nothing@127.0.0.1:1/"}
+        processes.append(await start_service("api", api_environ, "least-privilege-api"))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            placed = await client.post(
+                "/orders",
+                json={
+                    "customer_id": "C100",
+                    "email": "c100@example.com",
+                    "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
+                },
+            )
+            assert placed.status_code == 201, placed.text
+
+            async def finished() -> str | None:
+                order = (await client.get(f"/orders/{placed.json()['id']}")).json()
+                return str(order["status"]) if order["status"] in FINAL_STATUSES else None
+
+            assert await wait_until(finished, what="the order to finish") == "paid"
+        # And what a consumer cannot read, it may still park in its dead-letter queue.
+        await park_garbage_through_the_consumer(fresh_env)
+    finally:
+        await stop_all(processes)
+    for process in processes:
+        assert "ACCESS_REFUSED" not in process.log(), process.log_path.name
+
+
+# What a user of each service must not be able to do: publish events it does not own, read
+# another service's queue, bind to everything, create queues.
+FORBIDDEN = [
+    ("acme-inventory", "publish an event"),
+    ("acme-payment", "publish an event"),
+    ("acme-notification", "publish an event"),
+    ("acme-operator", "publish an event"),
+    ("acme-inventory", f"consume {PAYMENT_QUEUES[0].name}"),
+    ("acme-notification", f"consume {PAYMENT_QUEUES[0].name}"),
+    ("acme-publisher", f"consume {PAYMENT_QUEUES[0].name}"),
+    ("acme-operator", f"consume {PAYMENT_QUEUES[0].name}"),
+    ("acme-payment", "bind to everything"),
+    ("acme-publisher", "declare a queue"),
+    ("acme-operator", "declare a queue"),
+    ("acme-payment", "declare a queue"),
+]
+
+
+async def test_each_user_is_refused_what_its_service_does_not_need(
+    broker_users: dict[str, str],
+) -> None:
+    # One test over the whole table: setting the users up is the slow part.
+    allowed = [
+        f"{user} may {action}"
+        for user, action in FORBIDDEN
+        if not await refused(broker_users[user], action)
+    ]
+
+    assert not allowed
+
+
+async def test_the_publisher_may_publish_events_only_and_the_operator_list_dead_letters(
+    fresh_env: TestEnvironment, broker_users: dict[str, str]
+) -> None:
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [str(ACME_ORDERS), "dlq", "list"],
+        env=fresh_env.environ(RABBITMQ_URL=broker_users["acme-operator"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert not await refused(broker_users["acme-publisher"], "publish an event")
+    assert await refused(broker_users["acme-publisher"], "publish an event", key="bench.drain")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "no dead letters\n"

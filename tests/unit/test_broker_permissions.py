@@ -1,0 +1,141 @@
+"""deploy/rabbitmq/definitions.json gives each service's RabbitMQ user exactly what the code needs:
+every name the service configures, writes to or reads from is allowed, and no other name of the
+system is. What each service needs is derived here from the code (its queues, the exchanges, the
+events), so adding a queue or an event without updating the definitions fails this test.
+
+RabbitMQ's rules (https://www.rabbitmq.com/docs/access-control): declaring an exchange or queue
+needs `configure` on it, and a queue with a dead-letter exchange also `write` on that exchange and
+`read` on the queue; binding a queue needs `write` on the queue and `read` on the exchange (and on
+a topic exchange, topic `read` on the binding key); publishing needs `write` on the exchange (and
+topic `write` on the routing key); consuming needs `read` on the queue."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from acme_orders.events import EVENT_TYPES, EXCHANGE
+from acme_orders.inventory import service as inventory
+from acme_orders.messaging import DEAD_LETTER_EXCHANGE, QueueSpec
+from acme_orders.notification import service as notification
+from acme_orders.payment import service as payment
+from acme_orders.publisher import service as publisher
+
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
+DEFAULT_EXCHANGE = "amq.default"
+CONSUMERS: dict[str, tuple[QueueSpec, ...]] = {
+    inventory.SERVICE: inventory.QUEUES,
+    payment.SERVICE: payment.QUEUES,
+    notification.SERVICE: notification.QUEUES,
+}
+ALL_QUEUES = [spec for specs in CONSUMERS.values() for spec in specs]
+EVENT_KEYS = {cls.routing_key for cls in EVENT_TYPES}
+
+
+@dataclass
+class Needs:
+    configure: set[str] = field(default_factory=set)
+    write: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    topic_write: set[str] = field(default_factory=set)
+    topic_read: set[str] = field(default_factory=set)
+
+
+def consumer_needs(specs: tuple[QueueSpec, ...] | list[QueueSpec]) -> Needs:
+    """Declare both exchanges, each queue (with its dead-letter exchange) and its DLQ, bind them,
+    consume the queues, and publish dead letters to the dead-letter exchange."""
+    queues = {spec.name for spec in specs}
+    dlqs = {spec.dead_letter_queue for spec in specs}
+    return Needs(
+        configure={EXCHANGE, DEAD_LETTER_EXCHANGE} | queues | dlqs,
+        write={DEAD_LETTER_EXCHANGE} | queues | dlqs,
+        read={EXCHANGE, DEAD_LETTER_EXCHANGE} | queues,
+        topic_read={key for spec in specs for key in spec.routing_keys},
+    )
+
+
+NEEDS: dict[str, Needs] = {
+    # migrate declares the whole topology, as every consumer does for its own part.
+    "acme-migrate": consumer_needs(ALL_QUEUES),
+    # Declares acme.events and publishes every event to it; reads nothing.
+    f"acme-{publisher.SERVICE}": Needs(
+        configure={EXCHANGE}, write={EXCHANGE}, topic_write=EVENT_KEYS
+    ),
+    **{f"acme-{name}": consumer_needs(specs) for name, specs in CONSUMERS.items()},
+    # `acme-orders dlq list|replay`: reads the DLQs, sends a message back to its queue through
+    # the default exchange.
+    "acme-operator": Needs(
+        write={DEFAULT_EXCHANGE}, read={spec.dead_letter_queue for spec in ALL_QUEUES}
+    ),
+}
+
+# Every name a permission could be asked about: the system's, and some that are not (a new
+# service's queue, the bench's, RabbitMQ's own exchanges), which nobody may touch.
+NAMES = (
+    {EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE, "amq.topic", "amq.direct", "acme.events.dlq"}
+    | {spec.name for spec in ALL_QUEUES}
+    | {spec.dead_letter_queue for spec in ALL_QUEUES}
+    | {"analytics.all-events", "bench.drain", "inventory.other", "payment.inventory.reserved.x"}
+)
+ROUTING_KEYS = (
+    EVENT_KEYS
+    | {key for spec in ALL_QUEUES for key in spec.routing_keys}
+    | {"#", "*.*", "payment.#", "bench.drain", "order.placed.x", "test.happened"}
+)
+
+
+def definitions() -> dict[str, Any]:
+    document = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def allowed(pattern: str, names: set[str]) -> set[str]:
+    # RabbitMQ matches with Erlang's re (PCRE); ours are anchored alternatives of literals, which
+    # Python's re reads the same way.
+    return {name for name in names if re.search(pattern, name)}
+
+
+def granted(user: str) -> Needs:
+    document = definitions()
+    [permission] = [p for p in document["permissions"] if p["user"] == user]
+    [topic] = [
+        t for t in document["topic_permissions"] if t["user"] == user and t["exchange"] == EXCHANGE
+    ]
+    return Needs(
+        configure=allowed(permission["configure"], NAMES),
+        write=allowed(permission["write"], NAMES),
+        read=allowed(permission["read"], NAMES),
+        topic_write=allowed(topic["write"], ROUTING_KEYS),
+        topic_read=allowed(topic["read"], ROUTING_KEYS),
+    )
+
+
+def test_there_is_one_user_per_service_that_talks_to_rabbitmq_and_none_for_the_api() -> None:
+    document = definitions()
+    users = {user["name"] for user in document["users"]}
+
+    assert users == set(NEEDS)
+    assert "acme-api" not in users  # the API never talks to RabbitMQ
+    for user in document["users"]:
+        # No password in the file: each is set with rabbitmqctl change_password (README).
+        assert user["password_hash"] == ""
+        assert user["tags"] == [], "no management or administrator tags"
+    assert {p["vhost"] for p in document["permissions"] + document["topic_permissions"]} == {"/"}
+
+
+@pytest.mark.parametrize("user", sorted(NEEDS))
+def test_each_user_is_allowed_exactly_what_its_service_needs(user: str) -> None:
+    assert granted(user) == NEEDS[user]
+
+
+def test_no_consumer_may_publish_an_event() -> None:
+    for name in CONSUMERS:
+        rights = granted(f"acme-{name}")
+        assert EXCHANGE not in rights.write, name
+        assert not rights.topic_write, name
