@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from aio_pika.exceptions import AMQPError
 
-from acme_orders import database, dead_letters, housekeeping, messaging
+from acme_orders import api_keys, database, dead_letters, housekeeping, messaging, privacy
 from acme_orders.inventory import service as inventory
 from acme_orders.notification import service as notification
 from acme_orders.order_api import service as order_api
@@ -126,6 +126,7 @@ OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     AMQPError,
     dead_letters.UnknownQueueError,
+    api_keys.ApiKeyError,
 )
 
 
@@ -243,6 +244,81 @@ def dlq_replay(queue: str, message_ids: list[str] | None) -> int:
     return operate("dlq replay", "RabbitMQ", work)
 
 
+def apikey_create(name: str, scope: str) -> int:
+    async def work(settings: Settings) -> None:
+        pool = await _database(settings)
+        try:
+            token = await api_keys.create_key(pool, name, api_keys.Scope(scope))
+        finally:
+            await pool.close()
+        # The key alone on stdout, so that a script can take it; it is never shown again.
+        print(token)
+        print(
+            f"created API key {name!r} with scope {scope}; store it now, it is not shown again",
+            file=sys.stderr,
+        )
+
+    return operate("apikey create", "PostgreSQL", work)
+
+
+def apikey_list() -> int:
+    async def work(settings: Settings) -> None:
+        pool = await _database(settings)
+        try:
+            keys = await api_keys.list_keys(pool)
+        finally:
+            await pool.close()
+        width = max((len(key.name) for key in keys), default=0)
+        for key in keys:
+            state = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
+            print(f"{key.name:<{width}}  {key.scope:<12}  created {_when(key.created_at)}  {state}")
+        print(_plural(len(keys), "API key") if keys else "no API keys")
+
+    return operate("apikey list", "PostgreSQL", work)
+
+
+def apikey_revoke(name: str) -> int:
+    async def work(settings: Settings) -> None:
+        pool = await _database(settings)
+        try:
+            revocation = await api_keys.revoke_key(pool, name)
+        finally:
+            await pool.close()
+        when = _when(revocation.revoked_at)
+        if revocation.already:
+            print(f"API key {name!r} was already revoked ({when})")
+        else:
+            print(
+                f"revoked API key {name!r} ({when}); the API refuses it within "
+                f"{settings.api_key_cache_ttl:g}s"
+            )
+
+    return operate("apikey revoke", "PostgreSQL", work)
+
+
+def forget(customer_id: str) -> int:
+    async def work(settings: Settings) -> None:
+        pool = await _database(settings)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                done = await privacy.forget_customer(conn, customer_id)
+        finally:
+            await pool.close()
+        print(
+            f"erased the e-mail address of customer {customer_id!r} from "
+            f"{_plural(done.orders, 'order')}, {_plural(done.notifications, 'notification')} "
+            f"and {_plural(done.events, 'outbox event')}; the orders themselves are kept"
+        )
+        if done.unfinished:
+            print(
+                f"{_plural(done.unfinished, 'order')} of this customer still in progress: run "
+                "forget again once they are final",
+                file=sys.stderr,
+            )
+
+    return operate("forget", "PostgreSQL", work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme-orders",
@@ -290,6 +366,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="only the message with this id (repeat for several); default: all of them",
     )
+
+    apikey = commands.add_parser("apikey", help="create, list and revoke the API's keys")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    apikey_create_parser = apikey_commands.add_parser(
+        "create",
+        help="make a new key and print it once, alone on stdout (only its hash is stored)",
+    )
+    apikey_create_parser.add_argument("name", help="who the key is for, e.g. storefront")
+    apikey_create_parser.add_argument(
+        "--scope",
+        required=True,
+        choices=[scope.value for scope in api_keys.Scope],
+        help="orders:write places orders and reads its own; admin reads every order",
+    )
+    apikey_commands.add_parser("list", help="every key: name, scope, created, revoked")
+    apikey_revoke_parser = apikey_commands.add_parser(
+        "revoke", help="stop a key from working (within API_KEY_CACHE_TTL seconds)"
+    )
+    apikey_revoke_parser.add_argument("name", help="the key's name")
+
+    forget_parser = commands.add_parser(
+        "forget",
+        help="erase a customer's e-mail address from their orders, notifications and outbox "
+        "events, keeping the order history",
+    )
+    forget_parser.add_argument("customer_id", help="the customer_id their orders were placed with")
 
     bench = commands.add_parser(
         "bench",
@@ -420,6 +522,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.dlq_command == "list":
             sys.exit(dlq_list(args.queue))
         sys.exit(dlq_replay(args.queue, args.message_ids))
+    if args.command == "apikey":
+        if args.apikey_command == "create":
+            sys.exit(apikey_create(args.name, args.scope))
+        sys.exit(apikey_list() if args.apikey_command == "list" else apikey_revoke(args.name))
+    if args.command == "forget":
+        sys.exit(forget(args.customer_id))
     if args.command == "bench":
         sys.exit(bench(args))
     sys.exit(run(args.service))

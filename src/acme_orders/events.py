@@ -17,8 +17,15 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 EXCHANGE = "acme.events"
 
-Quantity = Annotated[int, Field(gt=0)]
+# Every field is bounded, so that a message nobody should have sent (a bug, a hostile publisher)
+# is refused by validation, and parked in the dead-letter queue, before it reaches the database.
+# The API accepts orders within the same bounds (order_api/schemas.py imports them from here).
+MAX_QTY = 1000
+MAX_LINES = 50
+
+Quantity = Annotated[int, Field(gt=0, le=MAX_QTY)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2)]
+Sku = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 def _now() -> datetime:
@@ -28,7 +35,7 @@ def _now() -> datetime:
 class OrderLine(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    sku: str
+    sku: Sku
     qty: Quantity
     unit_price: Money
 
@@ -36,16 +43,16 @@ class OrderLine(BaseModel):
 class StockLine(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    sku: str
+    sku: Sku
     qty: Quantity
 
 
 class StockShortage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    sku: str
+    sku: Sku
     requested: Quantity
-    available: int
+    available: Annotated[int, Field(ge=0, lt=2**31)]
 
 
 class Event(BaseModel):
@@ -66,8 +73,9 @@ class Event(BaseModel):
 class CustomerEvent(Event):
     """An event that carries who to tell about the order, so no reader has to look it up."""
 
-    customer_id: str
-    email: str
+    customer_id: Annotated[str, Field(min_length=1, max_length=64)]
+    # Not validated as an address: once the customer is forgotten it is a placeholder.
+    email: Annotated[str, Field(min_length=1, max_length=254)]
 
 
 class OrderPlaced(CustomerEvent):
@@ -75,7 +83,7 @@ class OrderPlaced(CustomerEvent):
 
     routing_key: ClassVar[str] = "order.placed"
     event_type: Literal["OrderPlaced"] = "OrderPlaced"
-    items: Annotated[tuple[OrderLine, ...], Field(min_length=1)]
+    items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_LINES)]
     total: Money
 
 
@@ -84,7 +92,7 @@ class InventoryReserved(CustomerEvent):
 
     routing_key: ClassVar[str] = "inventory.reserved"
     event_type: Literal["InventoryReserved"] = "InventoryReserved"
-    items: Annotated[tuple[OrderLine, ...], Field(min_length=1)]
+    items: Annotated[tuple[OrderLine, ...], Field(min_length=1, max_length=MAX_LINES)]
     total: Money
 
 
@@ -93,7 +101,7 @@ class OrderOutOfStock(CustomerEvent):
 
     routing_key: ClassVar[str] = "order.out_of_stock"
     event_type: Literal["OrderOutOfStock"] = "OrderOutOfStock"
-    shortages: Annotated[tuple[StockShortage, ...], Field(min_length=1)]
+    shortages: Annotated[tuple[StockShortage, ...], Field(min_length=1, max_length=MAX_LINES)]
 
 
 class InventoryReleased(Event):
@@ -101,7 +109,7 @@ class InventoryReleased(Event):
 
     routing_key: ClassVar[str] = "inventory.released"
     event_type: Literal["InventoryReleased"] = "InventoryReleased"
-    items: Annotated[tuple[StockLine, ...], Field(min_length=1)]
+    items: Annotated[tuple[StockLine, ...], Field(min_length=1, max_length=MAX_LINES)]
 
 
 class PaymentCompleted(CustomerEvent):
@@ -119,7 +127,7 @@ class PaymentFailed(CustomerEvent):
     routing_key: ClassVar[str] = "payment.failed"
     event_type: Literal["PaymentFailed"] = "PaymentFailed"
     amount: Money
-    reason: str
+    reason: Annotated[str, Field(max_length=1000)]
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

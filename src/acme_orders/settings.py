@@ -40,6 +40,36 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         65536, ge=1024, description="Largest request body the API accepts (413 beyond)."
     )
+    auth_disabled: bool = Field(
+        False,
+        description=(
+            "Serve the API without API keys, to anyone who can reach it (the quick start sets it "
+            "to 1). Off unless set: a deployment that forgets it is locked, not open."
+        ),
+    )
+    api_key_cache_ttl: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds the API trusts its in-memory copy of the API keys before reading them again; "
+            "a key created or revoked takes effect within this time."
+        ),
+    )
+    rate_limit_orders_per_second: float = Field(
+        100.0,
+        ge=0,
+        description=(
+            "Steady rate of POST /orders allowed to one API key (to one client address when "
+            "AUTH_DISABLED), counted in each API process; beyond it 429. 0 turns the limit off."
+        ),
+    )
+    rate_limit_burst: int = Field(
+        200,
+        ge=1,
+        le=1_000_000,
+        description="POST /orders one key may send at once on top of the steady rate.",
+    )
     prefetch_count: int = Field(
         32, ge=1, le=10000, description="Unacknowledged messages a consumer may hold."
     )

@@ -16,10 +16,14 @@ from acme_orders.order_api.app import create_app
 from acme_orders.settings import Settings
 from tests.conftest import NewProduct, stock_of
 
+# These tests are about orders, not about keys (test_api_security.py is): they call the API as the
+# quick start does, with no key and no rate limit.
+OPEN_API = {"auth_disabled": True, "rate_limit_orders_per_second": 0}
+
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"max_request_bytes": 4096}))
+    app = create_app(settings.model_copy(update={"max_request_bytes": 4096, **OPEN_API}))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
@@ -138,6 +142,18 @@ async def test_list_orders_filters_by_customer_and_status_and_pages(
     assert bad_status.status_code == 422
 
 
+async def test_an_unknown_misspelt_or_repeated_filter_of_the_order_list_is_422(
+    api: httpx.AsyncClient,
+) -> None:
+    for params in ({"customer": "C100"}, {"": "x"}, {"limit": "0"}, {"limit": "201"}):
+        response = await api.get("/orders", params=params)
+        assert response.status_code == 422, params
+        assert response.json()["detail"]
+    twice = await api.get("/orders", params=[("status", "paid"), ("status", "pending")])
+    assert twice.status_code == 422
+    assert twice.json()["detail"] == "query parameters given more than once: status"
+
+
 async def test_products_lists_the_seeded_catalogue(api: httpx.AsyncClient) -> None:
     response = await api.get("/products")
 
@@ -157,7 +173,9 @@ async def test_health_is_200_while_the_database_answers(api: httpx.AsyncClient) 
 
 async def test_health_is_503_when_the_database_does_not_answer(settings: Settings) -> None:
     app = create_app(
-        settings.model_copy(update={"database_url": "postgresql://nobody@127.0.0.1:1/x"})
+        settings.model_copy(
+            update={"database_url": "postgresql://nobody@127.0.0.1:1/x", **OPEN_API}
+        )
     )
     async with (
         app.router.lifespan_context(app),

@@ -76,3 +76,37 @@ def test_a_retention_that_is_not_a_duration_is_refused(monkeypatch: pytest.Monke
 
     with pytest.raises(ValidationError, match="outbox_retention"):
         Settings()
+
+
+def test_auth_is_on_unless_disabled_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTH_DISABLED", raising=False)
+    assert Settings().auth_disabled is False
+
+    monkeypatch.setenv("AUTH_DISABLED", "1")
+    assert Settings().auth_disabled is True
+
+    monkeypatch.setenv("AUTH_DISABLED", "0")
+    assert Settings().auth_disabled is False
+
+
+def test_the_rate_limit_is_on_by_default_and_zero_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("RATE_LIMIT_ORDERS_PER_SECOND", "RATE_LIMIT_BURST", "API_KEY_CACHE_TTL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.rate_limit_orders_per_second > 0
+    assert settings.rate_limit_burst >= 1
+    assert 0 < settings.api_key_cache_ttl <= 10
+
+    monkeypatch.setenv("RATE_LIMIT_ORDERS_PER_SECOND", "0")
+    assert Settings().rate_limit_orders_per_second == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("rate_limit_orders_per_second", -1), ("rate_limit_burst", 0), ("api_key_cache_ttl", 0)],
+)
+def test_limits_that_make_no_sense_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})  # type: ignore[arg-type]

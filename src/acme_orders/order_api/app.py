@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders import __version__
+from acme_orders.api_keys import ApiKeyCache
 from acme_orders.database import close_pool, create_pool
+from acme_orders.order_api.rate_limit import TokenBucketLimiter
 from acme_orders.order_api.routes import health, orders, products
 from acme_orders.settings import Settings, get_settings
 
@@ -92,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, min_size=0)
+        app.state.api_keys = ApiKeyCache(app.state.pool, settings.api_key_cache_ttl)
+        log_access_policy(settings)
         try:
             yield
         finally:
@@ -107,6 +111,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.order_rate_limit = (
+        TokenBucketLimiter(settings.rate_limit_orders_per_second, settings.rate_limit_burst)
+        if settings.rate_limit_orders_per_second > 0
+        else None
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.include_router(orders)
     app.include_router(products)
@@ -115,6 +125,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)
     return app
+
+
+def log_access_policy(settings: Settings) -> None:
+    if settings.auth_disabled:
+        logger.warning(
+            "AUTH_DISABLED is set: the API accepts requests without an API key, from anyone who "
+            "can reach it. Fine for trying it out on your machine; for anything else unset "
+            "AUTH_DISABLED and create keys with `acme-orders apikey create`."
+        )
+    else:
+        logger.info(
+            "API keys required (Authorization: Bearer KEY); key changes take effect within %gs",
+            settings.api_key_cache_ttl,
+        )
+    if settings.rate_limit_orders_per_second > 0:
+        logger.info(
+            "POST /orders limited to %g/s per %s (bursts of %d), in this process",
+            settings.rate_limit_orders_per_second,
+            "client address" if settings.auth_disabled else "API key",
+            settings.rate_limit_burst,
+        )
+    else:
+        logger.info("POST /orders is not rate limited (RATE_LIMIT_ORDERS_PER_SECOND=0)")
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 
 from acme_orders.order_api import store
-from acme_orders.order_api.schemas import Health, OrderOut, OrderPage, PlaceOrder, ProductOut
-from acme_orders.orders import OrderStatus
+from acme_orders.order_api.schemas import (
+    Health,
+    OrderOut,
+    OrderPage,
+    OrderQuery,
+    PlaceOrder,
+    Problem,
+    ProductOut,
+)
+from acme_orders.order_api.security import OrderPlacer, Reader
+from acme_orders.privacy import mask_emails_in
 
 logger = logging.getLogger(__name__)
 
@@ -43,27 +52,72 @@ IdempotencyKey = Annotated[
 ]
 
 
+# Every error the API can answer, for the OpenAPI document: a client (and Schemathesis) can rely on
+# each status code being declared, with the body it comes with.
+_PROBLEMS: dict[int, dict[str, Any]] = {
+    400: {"description": "The body could not be read at all (it is not UTF-8, say)."},
+    401: {
+        "description": "No API key, or one that is unknown or revoked.",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    403: {"description": "The API key's scope does not allow this."},
+    404: {"description": "No order has this id (or none that this API key may read)."},
+    413: {"description": "The body is larger than MAX_REQUEST_BYTES."},
+    422: {"description": "The request is not valid; `detail` says why."},
+    429: {
+        "description": "Too many orders from this API key; try again after Retry-After seconds.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+    503: {
+        "description": "The database is unavailable; nothing was stored.",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+}
+
+
+def problems(*codes: int, saying: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route that can answer these error codes; `saying` replaces the
+    generic description of some of them with the route's own."""
+    return {
+        code: _PROBLEMS[code]
+        | {"model": Problem}
+        | ({"description": saying[code]} if saying and code in saying else {})
+        for code in codes
+    }
+
+
 @orders.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={
-        413: {"description": "The body is larger than MAX_REQUEST_BYTES."},
-        422: {
-            "description": (
-                "The order is not valid, or its Idempotency-Key was used for a different "
-                "request; `detail` says why."
-            )
+    responses=problems(
+        400,
+        401,
+        403,
+        413,
+        422,
+        429,
+        503,
+        saying={
+            403: "The API key's scope is not orders:write.",
+            422: (
+                "The order is not valid, or its Idempotency-Key was used for a different request; "
+                "`detail` says why."
+            ),
         },
-        503: {"description": "The database is unavailable; nothing was stored."},
-    },
+    ),
 )
 async def place_order(
-    body: PlaceOrder, pool: Pool, response: Response, idempotency_key: IdempotencyKey = None
+    body: PlaceOrder,
+    pool: Pool,
+    response: Response,
+    caller: OrderPlacer,
+    idempotency_key: IdempotencyKey = None,
 ) -> OrderOut:
     """Accept an order: it is stored as `pending` with its OrderPlaced event in one transaction,
-    and moves on through inventory, payment and notification on its own."""
+    and moves on through inventory, payment and notification on its own. Needs an orders:write
+    key; the order belongs to that key."""
     try:
-        placed = await store.place_order(pool, body, idempotency_key)
+        placed = await store.place_order(pool, body, idempotency_key, owner=caller.owner)
     except (store.UnknownSkuError, store.IdempotencyKeyReusedError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     order = placed.order
@@ -73,49 +127,72 @@ async def place_order(
         logger.info("order %s returned again for its Idempotency-Key", order.id)
     else:
         logger.info(
-            "order %s placed by %s: %s",
+            "order %s placed by %s%s: %s",
             order.id,
-            order.customer_id,
+            mask_emails_in(order.customer_id),
+            f" with key {caller.key.name}" if caller.key else "",
             ", ".join(f"{line.sku} x{line.qty}" for line in order.items),
         )
     return order
 
 
-@orders.get("/{order_id}", responses={404: {"description": "No order has this id."}})
-async def get_order(order_id: UUID, pool: Pool) -> OrderOut:
-    order = await store.get_order(pool, order_id)
+@orders.get("/{order_id}", responses=problems(401, 403, 404, 422, 503))
+async def get_order(order_id: UUID, pool: Pool, caller: Reader) -> OrderOut:
+    """The order. An orders:write key reads only the orders it placed: another's is a 404, as
+    if it did not exist, so that order ids cannot be probed."""
+    order = await store.get_order(pool, order_id, only_of=caller.only_orders_of)
     if order is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"order {order_id} not found")
     return order
 
 
-@orders.get("")
+async def single_valued_query(request: Request) -> None:
+    """Refuse a query parameter given twice: which of `?status=paid&status=pending` was meant
+    cannot be known, and taking the last one quietly answers a question not asked."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"query parameters given more than once: {', '.join(repeated)}",
+        )
+
+
+@orders.get(
+    "",
+    responses=problems(401, 403, 422, 503),
+    dependencies=[Depends(single_valued_query)],
+)
 async def list_orders(
-    pool: Pool,
-    customer_id: Annotated[str | None, Query(max_length=64)] = None,
-    status: OrderStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    pool: Pool, caller: Reader, query: Annotated[OrderQuery, Query()]
 ) -> OrderPage:
-    """Orders, newest first, optionally for one customer and/or in one status."""
+    """Orders, newest first, optionally for one customer and/or in one status. An orders:write
+    key sees only the orders it placed; an admin key sees all."""
     page = await store.list_orders(
-        pool, customer_id=customer_id, status=status, limit=limit, offset=offset
+        pool,
+        customer_id=query.customer_id,
+        status=query.status,
+        limit=query.limit,
+        offset=query.offset,
+        only_of=caller.only_orders_of,
     )
     return OrderPage(
         items=page,
-        limit=limit,
-        offset=offset,
-        next_offset=offset + limit if len(page) == limit else None,
+        limit=query.limit,
+        offset=query.offset,
+        next_offset=query.offset + query.limit if len(page) == query.limit else None,
     )
 
 
-@products.get("")
-async def list_products(pool: Pool) -> list[ProductOut]:
-    """The catalogue with current stock."""
+@products.get("", responses=problems(401, 403, 503))
+async def list_products(pool: Pool, _caller: Reader) -> list[ProductOut]:
+    """The catalogue with current stock; any key may read it."""
     return await store.list_products(pool)
 
 
-@health.get("", responses={503: {"description": "The database does not answer."}})
+# Open to all: it is the healthcheck of docker compose and of load balancers, and says nothing
+# about orders.
+@health.get("", responses={503: {"model": Health, "description": "The database does not answer."}})
 async def check_health(pool: Pool, response: Response) -> Health:
     """200 when the database answers, 503 when it does not."""
     try:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
+from acme_orders.events import MAX_LINES, MAX_QTY
 from acme_orders.orders import OrderStatus
 
-# Bounds that keep a request sane and every value inside its column.
-MAX_QTY_PER_LINE = 1000
-MAX_LINES = 50
+# Bounds that keep a request sane and every value inside its column; the events the order becomes
+# are held to the same ones.
+MAX_QTY_PER_LINE = MAX_QTY
 
 Sku = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^\S+$")
@@ -64,6 +65,18 @@ class PlaceOrder(BaseModel):
         return self
 
 
+class OrderQuery(BaseModel):
+    """The query of GET /orders. A parameter it does not know is refused (422), not ignored: a
+    misspelt filter must not quietly return every order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: Annotated[str | None, Field(max_length=64)] = None
+    status: OrderStatus | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    offset: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+
+
 class OrderLineOut(BaseModel):
     sku: str
     qty: int
@@ -99,3 +112,14 @@ class ProductOut(BaseModel):
 class Health(BaseModel):
     status: str
     database: str
+
+
+class Problem(BaseModel):
+    """Every error answer of the API."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        description=(
+            "What is wrong: a sentence, or for a request that does not fit the schema, one entry "
+            "per problem (`loc`, `msg`, `type`)."
+        )
+    )

@@ -48,19 +48,27 @@ class PlacedOrder:
 
 
 async def place_order(
-    pool: asyncpg.Pool, request: PlaceOrder, idempotency_key: str | None = None
+    pool: asyncpg.Pool,
+    request: PlaceOrder,
+    idempotency_key: str | None = None,
+    owner: int | None = None,
 ) -> PlacedOrder:
-    """Store the order, its lines at today's prices, and its OrderPlaced event, atomically.
+    """Store the order, its lines at today's prices, and its OrderPlaced event, atomically; the
+    order belongs to the API key `owner` (None: placed without a key).
 
     With an Idempotency-Key, a retry of the same request returns the order the first one made,
     and a different request with the same key is refused."""
     request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    if idempotency_key is not None and owner is not None:
+        # Each API key has Idempotency-Keys of its own: another client choosing the same one must
+        # neither get this client's order back nor learn that the key was used.
+        idempotency_key = f"key {owner}: {idempotency_key}"
     if idempotency_key is not None:
         earlier = await _order_for_key(pool, idempotency_key, request_hash)
         if earlier is not None:
             return PlacedOrder(earlier, replayed=True)
     try:
-        order = await _insert_order_retrying(pool, request, idempotency_key, request_hash)
+        order = await _insert_order_retrying(pool, request, idempotency_key, request_hash, owner)
     except _KeyTakenMeanwhileError:
         assert idempotency_key is not None
         earlier = await _order_for_key(pool, idempotency_key, request_hash)
@@ -81,13 +89,17 @@ async def _order_for_key(pool: asyncpg.Pool, key: str, request_hash: str) -> Ord
 
 
 async def _insert_order_retrying(
-    pool: asyncpg.Pool, request: PlaceOrder, idempotency_key: str | None, request_hash: str
+    pool: asyncpg.Pool,
+    request: PlaceOrder,
+    idempotency_key: str | None,
+    request_hash: str,
+    owner: int | None,
 ) -> OrderOut:
     """The database may pick this transaction as a deadlock or serialization victim; nothing of
     it was stored then, so it is simply run again."""
     for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
         try:
-            return await _insert_order(pool, request, idempotency_key, request_hash)
+            return await _insert_order(pool, request, idempotency_key, request_hash, owner)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == TRANSIENT_ATTEMPTS:
                 raise
@@ -96,7 +108,11 @@ async def _insert_order_retrying(
 
 
 async def _insert_order(
-    pool: asyncpg.Pool, request: PlaceOrder, idempotency_key: str | None, request_hash: str
+    pool: asyncpg.Pool,
+    request: PlaceOrder,
+    idempotency_key: str | None,
+    request_hash: str,
+    owner: int | None,
 ) -> OrderOut:
     # Sorted, so that the foreign-key locks on products are taken in one order by everyone.
     lines_in = sorted(request.items, key=lambda line: line.sku)
@@ -118,13 +134,15 @@ async def _insert_order(
         order_id = uuid.uuid4()
         order = await conn.fetchrow(
             f"""
-            INSERT INTO orders (id, customer_id, email, total) VALUES ($1, $2, $3, $4)
+            INSERT INTO orders (id, customer_id, email, total, api_key_id)
+            VALUES ($1, $2, $3, $4, $5)
             RETURNING {ORDER_COLUMNS}
             """,
             order_id,
             request.customer_id,
             request.email,
             total,
+            owner,
         )
         await conn.execute(
             """
@@ -167,8 +185,19 @@ async def _insert_order(
     return _order_out(order, [_line_out(line.sku, line.qty, line.unit_price) for line in lines])
 
 
-async def get_order(pool: asyncpg.Pool, order_id: UUID) -> OrderOut | None:
-    orders = await _with_items(pool, f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1", order_id)
+async def get_order(
+    pool: asyncpg.Pool, order_id: UUID, only_of: int | None = None
+) -> OrderOut | None:
+    """The order; with `only_of`, only if the API key of that id placed it."""
+    orders = await _with_items(
+        pool,
+        f"""
+        SELECT {ORDER_COLUMNS} FROM orders
+        WHERE id = $1 AND ($2::bigint IS NULL OR api_key_id = $2)
+        """,
+        order_id,
+        only_of,
+    )
     return orders[0] if orders else None
 
 
@@ -179,14 +208,17 @@ async def list_orders(
     status: OrderStatus | None,
     limit: int,
     offset: int,
+    only_of: int | None = None,
 ) -> list[OrderOut]:
-    """Newest first; a filter left as None matches every order."""
+    """Newest first; a filter left as None matches every order. `only_of`: the orders placed by
+    the API key of that id."""
     return await _with_items(
         pool,
         f"""
         SELECT {ORDER_COLUMNS} FROM orders
         WHERE ($1::text IS NULL OR customer_id = $1)
           AND ($2::text IS NULL OR status = $2)
+          AND ($5::bigint IS NULL OR api_key_id = $5)
         ORDER BY created_at DESC, id
         LIMIT $3 OFFSET $4
         """,
@@ -194,6 +226,7 @@ async def list_orders(
         status.value if status else None,
         limit,
         offset,
+        only_of,
     )
 
 
