@@ -16,7 +16,6 @@ import asyncpg
 from acme_orders.events import OrderLine, OrderPlaced
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
 from acme_orders.orders import OrderStatus
-from acme_orders.outbox import add_to_outbox
 
 ORDER_COLUMNS = "id, customer_id, email, status, total, created_at, updated_at"
 TRANSIENT_ATTEMPTS = 3
@@ -95,75 +94,78 @@ async def _insert_order_retrying(
     raise AssertionError("unreachable")
 
 
+# One statement: one round trip, and PostgreSQL runs it as one transaction, so the order, its
+# lines, its OrderPlaced row in the outbox and its Idempotency-Key are stored together or not at
+# all. With a key ($12), everything else is stored only if this statement claimed it: a concurrent
+# request with the same key waits here until the first commits, then finds the key taken, stores
+# nothing and returns no row. The outbox columns are those of outbox.add_to_outbox.
+PLACE_ORDER = f"""
+WITH claimed_key AS (
+    INSERT INTO idempotency_keys (key, request_hash, order_id)
+    SELECT $12, $13, $1 WHERE $12::text IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+), go AS (
+    SELECT $12::text IS NULL OR EXISTS (SELECT FROM claimed_key) AS ok
+), new_order AS (
+    INSERT INTO orders (id, customer_id, email, total)
+    SELECT $1, $2, $3, $4 FROM go WHERE go.ok
+    RETURNING {ORDER_COLUMNS}
+), new_lines AS (
+    INSERT INTO order_items (order_id, sku, qty, unit_price)
+    SELECT $1, line.* FROM go, unnest($5::text[], $6::int[], $7::numeric[]) AS line WHERE go.ok
+), new_event AS (
+    INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload)
+    SELECT $8, $9, $10, $1, $11::jsonb FROM go WHERE go.ok
+)
+SELECT * FROM new_order
+"""
+
+
 async def _insert_order(
     pool: asyncpg.Pool, request: PlaceOrder, idempotency_key: str | None, request_hash: str
 ) -> OrderOut:
     # Sorted, so that the foreign-key locks on products are taken in one order by everyone.
     lines_in = sorted(request.items, key=lambda line: line.sku)
     skus = [line.sku for line in lines_in]
-    async with pool.acquire() as conn, conn.transaction():
-        prices: dict[str, Decimal] = {
-            r["sku"]: r["price"]
-            for r in await conn.fetch(
-                "SELECT sku, price FROM products WHERE sku = ANY($1::text[])", skus
-            )
-        }
-        unknown = [sku for sku in skus if sku not in prices]
-        if unknown:
-            raise UnknownSkuError(unknown)
-        lines = [
-            OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku]) for line in lines_in
-        ]
-        total = sum((line.unit_price * line.qty for line in lines), Decimal("0.00"))
-        order_id = uuid.uuid4()
-        order = await conn.fetchrow(
-            f"""
-            INSERT INTO orders (id, customer_id, email, total) VALUES ($1, $2, $3, $4)
-            RETURNING {ORDER_COLUMNS}
-            """,
-            order_id,
-            request.customer_id,
-            request.email,
-            total,
+    prices: dict[str, Decimal] = {
+        r["sku"]: r["price"]
+        for r in await pool.fetch(
+            "SELECT sku, price FROM products WHERE sku = ANY($1::text[])", skus
         )
-        await conn.execute(
-            """
-            INSERT INTO order_items (order_id, sku, qty, unit_price)
-            SELECT $1, * FROM unnest($2::text[], $3::int[], $4::numeric[])
-            """,
-            order_id,
-            skus,
-            [line.qty for line in lines],
-            [line.unit_price for line in lines],
-        )
-        await add_to_outbox(
-            conn,
-            [
-                OrderPlaced(
-                    order_id=order_id,
-                    customer_id=request.customer_id,
-                    email=request.email,
-                    items=tuple(lines),
-                    total=total,
-                )
-            ],
-        )
-        if idempotency_key is not None:
-            # A concurrent request with the same key blocks here until the first commits, then
-            # finds the key taken: this transaction is rolled back and the first order returned.
-            claimed = await conn.fetchval(
-                """
-                INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3)
-                ON CONFLICT (key) DO NOTHING
-                RETURNING true
-                """,
-                idempotency_key,
-                request_hash,
-                order_id,
-            )
-            if not claimed:
-                raise _KeyTakenMeanwhileError
-    assert order is not None
+    }
+    unknown = [sku for sku in skus if sku not in prices]
+    if unknown:
+        raise UnknownSkuError(unknown)
+    lines = [
+        OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku]) for line in lines_in
+    ]
+    total = sum((line.unit_price * line.qty for line in lines), Decimal("0.00"))
+    event = OrderPlaced(
+        order_id=uuid.uuid4(),
+        customer_id=request.customer_id,
+        email=request.email,
+        items=tuple(lines),
+        total=total,
+    )
+    order = await pool.fetchrow(
+        PLACE_ORDER,
+        event.order_id,
+        request.customer_id,
+        request.email,
+        total,
+        skus,
+        [line.qty for line in lines],
+        [line.unit_price for line in lines],
+        event.event_id,
+        event.event_type,
+        event.routing_key,
+        event.model_dump_json(),
+        idempotency_key,
+        request_hash,
+    )
+    if order is None:
+        raise _KeyTakenMeanwhileError
     return _order_out(order, [_line_out(line.sku, line.qty, line.unit_price) for line in lines])
 
 
