@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from acme_orders import __version__
 from acme_orders.database import close_pool, create_pool
 from acme_orders.order_api.routes import health, orders, products
+from acme_orders.order_api.store import PriceBook
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, min_size=0)
+        app.state.price_book = PriceBook()
         try:
             yield
         finally:
