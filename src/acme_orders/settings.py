@@ -41,7 +41,13 @@ class Settings(BaseSettings):
         65536, ge=1024, description="Largest request body the API accepts (413 beyond)."
     )
     prefetch_count: int = Field(
-        32, ge=1, le=10000, description="Unacknowledged messages a consumer may hold."
+        32,
+        ge=1,
+        le=10000,
+        description=(
+            "Unacknowledged messages a consumer may hold, and so the largest batch it handles in "
+            "one transaction."
+        ),
     )
     db_pool_size: int = Field(8, ge=1, le=200, description="Database connections per service.")
     outbox_batch_size: int = Field(
