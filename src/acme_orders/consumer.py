@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -121,6 +121,7 @@ class ConsumerRunner:
         # tells when nothing is in flight.
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.requeues: set[asyncio.Task[None]] = set()
+        self.gave_back = False
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.inbox.put_nowait(message)
@@ -199,6 +200,7 @@ class ConsumerRunner:
                 )
                 if await wait_or_stop(self.stop, pause):
                     # Left unacked: closing the channel hands the messages back to the queue.
+                    self.gave_back = True
                     return
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
             except Exception as exc:
@@ -225,8 +227,36 @@ class ConsumerRunner:
                 )
         # Ack only now that the transaction has committed: a crash before this line redelivers
         # the messages, and processed_events turns the redelivery into a no-op.
-        for delivery in deliveries:
-            await delivery.message.ack()
+        await self.ack(delivery.message for delivery in deliveries)
+
+    async def ack(self, messages: Iterable[AbstractIncomingMessage]) -> None:
+        """Ack the messages of a batch: with one multiple-ack when that takes exactly them, else
+        one by one. A message that cannot be acked (its channel is gone) is redelivered."""
+        messages = list(messages)
+        if messages and self.multiple_ack_is_exact():
+            try:
+                await messages[-1].ack(multiple=True)
+                return
+            except Exception:
+                logger.debug("multiple-ack failed; acking one by one", exc_info=True)
+        unacked = 0
+        for message in messages:
+            try:
+                await message.ack()
+            except Exception:
+                unacked += 1
+        if unacked:
+            logger.warning(
+                "could not ack %d message(s) on %s; they will be redelivered",
+                unacked,
+                self.consumer.queue.name,
+            )
+
+    def multiple_ack_is_exact(self) -> bool:
+        # The runner has its channel to itself and takes messages in delivery order, so every
+        # message delivered before a batch's last one is settled, or in the batch, or waiting for
+        # a requeue, or was given back unsettled; a multiple-ack would take the last two too.
+        return not self.requeues and not self.gave_back
 
     async def handle_once(self, deliveries: Sequence[Delivery]) -> set[UUID]:
         """Handle the batch in one transaction; returns the ids of the events this service had
@@ -332,13 +362,15 @@ async def serve_consumers(
     async with open_connections(settings, stop, service) as connections:
         if connections is None:
             return
-        channel = await connections.broker.channel()
-        await channel.set_qos(prefetch_count=settings.prefetch_count)
-        dead_letters = await declare_dead_letter_exchange(channel)
         runners: list[tuple[ConsumerRunner, AbstractQueue, str]] = []
         batch_loops: list[asyncio.Task[None]] = []
         try:
             for consumer in consumers:
+                # A channel per consumer: a multiple-ack then covers only that consumer's
+                # deliveries (see ConsumerRunner.ack), and each queue has its own prefetch.
+                channel = await connections.broker.channel()
+                await channel.set_qos(prefetch_count=settings.prefetch_count)
+                dead_letters = await declare_dead_letter_exchange(channel)
                 queue = await declare_queue(channel, consumer.queue)
                 runner = ConsumerRunner(
                     consumer, connections.pool, dead_letters, stop, settings.prefetch_count

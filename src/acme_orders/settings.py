@@ -71,7 +71,13 @@ class Settings(BaseSettings):
         description="POST /orders one key may send at once on top of the steady rate.",
     )
     prefetch_count: int = Field(
-        32, ge=1, le=10000, description="Unacknowledged messages a consumer may hold."
+        32,
+        ge=1,
+        le=10000,
+        description=(
+            "Unacknowledged messages a consumer may hold, and so the largest batch it handles in "
+            "one transaction."
+        ),
     )
     db_pool_size: int = Field(8, ge=1, le=200, description="Database connections per service.")
     outbox_batch_size: int = Field(

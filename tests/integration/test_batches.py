@@ -12,8 +12,10 @@ from uuid import UUID, uuid4
 
 import aio_pika
 import asyncpg
+import pytest
 from aio_pika.abc import AbstractChannel
 
+from acme_orders import consumer as consumer_module
 from acme_orders.consumer import Consumer, ConsumerRunner, Route
 from acme_orders.database import Connection
 from acme_orders.events import (
@@ -33,6 +35,7 @@ from acme_orders.orders import UnprocessableEventError
 from acme_orders.payment.charge import charge_orders
 from acme_orders.settings import Settings
 from tests.conftest import NewProduct, stock_of
+from tests.waiting import wait_until
 
 PRICE = Decimal("10.00")
 
@@ -285,3 +288,51 @@ async def _processed(pool: asyncpg.Pool, events: Sequence[Event]) -> set[UUID] |
     )
     found = {r["event_id"] for r in rows}
     return found if len(found) == len(events) else None
+
+
+async def test_a_message_waiting_for_its_requeue_is_not_acked_with_its_batch(
+    settings: Settings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(consumer_module, "RETRY_PAUSE_MAX", 0.01)
+    key = f"test.{secrets.token_hex(4)}"
+    spec = QueueSpec(f"testsvc.{key}", (key,))
+    flaky, *good = [placed(uuid4(), {"X": 1}) for _ in range(3)]
+
+    async def handler(events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
+        if any(e.event_id == flaky.event_id for e in events):
+            raise RuntimeError("a passing failure")
+        return []
+
+    connection = await aio_pika.connect_robust(settings.rabbitmq_url)
+    async with connection:
+        channel: AbstractChannel = await connection.channel(publisher_confirms=True)
+        queue = await declare_queue(channel, spec)
+        exchange = await channel.get_exchange(EXCHANGE)
+        # The flaky one first: the batch's last message is good, and a multiple-ack of it would
+        # take the flaky one too.
+        for event in [flaky, *good]:
+            await exchange.publish(
+                aio_pika.Message(event.model_dump_json().encode(), message_id=str(event.event_id)),
+                routing_key=key,
+            )
+        runner = ConsumerRunner(
+            Consumer("testsvc", spec, [Route(OrderPlaced, handler)]),
+            pool,
+            await declare_dead_letter_exchange(channel),
+            asyncio.Event(),
+            max_batch=32,
+        )
+        batch = [await queue.get(no_ack=False) for _ in range(3)]
+
+        await runner.process(batch)
+        await runner.drained()
+
+        back = await wait_until(
+            lambda: queue.get(no_ack=True, fail=False), what="the flaky message requeued"
+        )
+        rest = await queue.get(no_ack=True, fail=False)
+
+    assert back.message_id == str(flaky.event_id)
+    assert back.redelivered
+    assert rest is None
+    assert await _processed(pool, good) == {e.event_id for e in good}

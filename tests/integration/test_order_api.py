@@ -253,6 +253,38 @@ BAD_ORDERS = {
 }
 
 
+async def test_an_order_after_a_price_change_is_stored_at_the_new_price(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=10)
+    first = await api.post("/orders", json=order_body(sku, qty=2))
+    await pool.execute("UPDATE products SET price = 12.50 WHERE sku = $1", sku)
+
+    second = await api.post("/orders", json=order_body(sku, qty=2))
+
+    # The API had read the old price for the first order; the second is stored at the new one,
+    # in the order, its lines and its event alike.
+    assert first.json()["total"] == "20.00"
+    assert second.status_code == 201, second.text
+    order = second.json()
+    assert order["total"] == "25.00"
+    assert order["items"][0]["unit_price"] == "12.50"
+    stored = await pool.fetchrow(
+        """
+        SELECT o.total, i.unit_price, e.payload
+        FROM orders o
+        JOIN order_items i ON i.order_id = o.id
+        JOIN event_outbox e ON e.order_id = o.id
+        WHERE o.id = $1
+        """,
+        UUID(order["id"]),
+    )
+    assert stored is not None
+    assert (stored["total"], stored["unit_price"]) == (Decimal("25.00"), Decimal("12.50"))
+    payload = json.loads(stored["payload"])
+    assert (payload["total"], payload["items"][0]["unit_price"]) == ("25.00", "12.50")
+
+
 @pytest.mark.parametrize("body", BAD_ORDERS.values(), ids=BAD_ORDERS.keys())
 async def test_bad_order_is_422_with_a_reason_and_stores_nothing(
     api: httpx.AsyncClient, pool: asyncpg.Pool, body: dict[str, object]

@@ -45,8 +45,8 @@ class Progress:
 
 async def progress(pool: asyncpg.Pool, since: datetime, at: float) -> Progress:
     """Orders placed since the run started, how many of them are final, and the NEW outbox rows.
-    Cheap enough to ask every second: index scans (orders_created_at_idx, orders_status_idx and
-    the outbox's partial index on NEW rows)."""
+    Cheap enough to ask every second: index scans (orders_created_at_idx over the run's orders
+    and the outbox's partial index on NEW rows)."""
     row = await pool.fetchrow(
         """
         SELECT (SELECT count(*) FROM orders WHERE created_at >= $1) AS accepted,

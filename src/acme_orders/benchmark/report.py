@@ -133,8 +133,21 @@ def summary(result: dict[str, Any]) -> str:
         ),
     ]
     rows.extend(_process_rows(result))
-    ceilings = result.get("ceilings") or {}
     e2e = figures["end_to_end_per_second"]
+    pipeline_cpu = sum(
+        percent
+        for process, percent in (result.get("cpu_percent_of_one_core") or {}).items()
+        if process not in NOT_THE_PIPELINE
+    )
+    if pipeline_cpu and e2e:
+        # A percent of one core is 10 ms of CPU per second.
+        rows.append(
+            (
+                "CPU per order",
+                f"{pipeline_cpu * 10 / e2e:.2f} ms (services, PostgreSQL and RabbitMQ together)",
+            )
+        )
+    ceilings = result.get("ceilings") or {}
     database = ceilings.get("database")
     if database is not None:
         rows.append(
@@ -168,9 +181,23 @@ def write_json(result: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+# Processes whose CPU is not the pipeline's own work: the load, the bench, and everything.
+NOT_THE_PIPELINE = frozenset({"wrk", "bench", "machine"})
+
+
 def _process_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
-    """CPU and memory of each process, when the run measured them."""
+    """The machine, and the CPU and memory of each process, when the run measured them."""
     rows = []
+    machine = result.get("machine") or {}
+    if machine:
+        load = machine.get("load_average_at_start") or [None]
+        rows.append(
+            (
+                "machine",
+                f"{machine.get('cores')} cores, load average {load[0]} at start, RabbitMQ "
+                f"busy-wait {machine.get('rabbitmq_busy_wait') or 'unknown'}",
+            )
+        )
     cpu = result.get("cpu_percent_of_one_core") or {}
     if cpu:
         rows.append(("CPU, % of one core", "  ".join(f"{k} {v:g}" for k, v in cpu.items())))

@@ -4,6 +4,7 @@ and /proc, measure the ceilings, report, and tear everything down again."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import platform
@@ -101,6 +102,26 @@ def _cpu_model() -> str | None:
     return None
 
 
+# Erlang's schedulers spin while idle unless told not to; on two shared cores that spinning takes
+# CPU from everything else. These are the flags that turn it off.
+BUSY_WAIT_FLAGS = ("-sbwt", "-sbwtdcpu", "-sbwtdio")
+
+
+def _rabbitmq_busy_wait() -> str | None:
+    """ "off" when the local RabbitMQ runs with every busy-wait flag set to none, "on" when it
+    runs without them, None when no RabbitMQ runs on this machine."""
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] != "beam.smp" or "rabbit" not in " ".join(
+            process.info["cmdline"] or []
+        ):
+            continue
+        args = process.info["cmdline"]
+        given = {flag: value for flag, value in itertools.pairwise(args) if flag in BUSY_WAIT_FLAGS}
+        off = all(given.get(flag) == "none" for flag in BUSY_WAIT_FLAGS)
+        return "off" if off else "on"
+    return None
+
+
 async def machine(pool: asyncpg.Pool, rabbitmq_url: str) -> dict[str, Any]:
     """What the figures were measured on, durability settings included."""
     server: dict[str, str] = {
@@ -130,6 +151,7 @@ async def machine(pool: asyncpg.Pool, rabbitmq_url: str) -> dict[str, Any]:
         "postgresql": server.pop("server_version", None),
         "postgresql_settings": server,
         "rabbitmq": str(rabbitmq_version) if rabbitmq_version is not None else None,
+        "rabbitmq_busy_wait": _rabbitmq_busy_wait(),
         "wrk": _version_of(["wrk", "-v"]),
         "pgbench": _version_of(["pgbench", "--version"]),
     }

@@ -16,6 +16,7 @@ from acme_orders.api_keys import ApiKeyCache
 from acme_orders.database import close_pool, create_pool
 from acme_orders.order_api.rate_limit import TokenBucketLimiter
 from acme_orders.order_api.routes import health, orders, products
+from acme_orders.order_api.store import PriceBook
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(settings, min_size=0)
         app.state.api_keys = ApiKeyCache(app.state.pool, settings.api_key_cache_ttl)
+        app.state.price_book = PriceBook()
         log_access_policy(settings)
         try:
             yield

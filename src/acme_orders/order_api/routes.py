@@ -33,6 +33,14 @@ async def get_pool(request: Request) -> asyncpg.Pool:
 
 Pool = Annotated[asyncpg.Pool, Depends(get_pool)]
 
+
+async def get_price_book(request: Request) -> store.PriceBook:
+    price_book: store.PriceBook = request.app.state.price_book
+    return price_book
+
+
+Prices = Annotated[store.PriceBook, Depends(get_price_book)]
+
 orders = APIRouter(prefix="/orders", tags=["orders"])
 products = APIRouter(prefix="/products", tags=["products"])
 health = APIRouter(prefix="/health", tags=["health"])
@@ -103,12 +111,17 @@ def problems(*codes: int, saying: dict[int, str] | None = None) -> dict[int | st
                 "The order is not valid, or its Idempotency-Key was used for a different request; "
                 "`detail` says why."
             ),
+            503: (
+                "The database is unavailable, or the prices of the order's products kept "
+                "changing while it was placed; nothing was stored, try again."
+            ),
         },
     ),
 )
 async def place_order(
     body: PlaceOrder,
     pool: Pool,
+    prices: Prices,
     response: Response,
     caller: OrderPlacer,
     idempotency_key: IdempotencyKey = None,
@@ -117,9 +130,15 @@ async def place_order(
     and moves on through inventory, payment and notification on its own. Needs an orders:write
     key; the order belongs to that key."""
     try:
-        placed = await store.place_order(pool, body, idempotency_key, owner=caller.owner)
+        placed = await store.place_order(pool, prices, body, idempotency_key, owner=caller.owner)
     except (store.UnknownSkuError, store.IdempotencyKeyReusedError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except store.PricesChangedError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "prices changed while the order was placed; nothing was stored, try again",
+            headers={"Retry-After": "1"},
+        ) from exc
     order = placed.order
     response.headers["Location"] = f"/orders/{order.id}"
     if placed.replayed:

@@ -16,7 +16,6 @@ import asyncpg
 from acme_orders.events import OrderLine, OrderPlaced
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
 from acme_orders.orders import OrderStatus
-from acme_orders.outbox import add_to_outbox
 
 ORDER_COLUMNS = "id, customer_id, email, status, total, created_at, updated_at"
 TRANSIENT_ATTEMPTS = 3
@@ -36,6 +35,11 @@ class IdempotencyKeyReusedError(Exception):
         )
 
 
+class PricesChangedError(Exception):
+    """A price changed between reading it and storing the order, again and again: nothing was
+    stored, and the client may simply try again."""
+
+
 class _KeyTakenMeanwhileError(Exception):
     """Another request with the same Idempotency-Key committed while this one ran."""
 
@@ -47,8 +51,37 @@ class PlacedOrder:
     replayed: bool
 
 
+class PriceBook:
+    """The catalogue's prices as this process last read them. An order takes its prices from here
+    and the statement that stores it checks them against the products table: no order is stored
+    at a price that is not today's, and an order of known products needs no lookup first."""
+
+    def __init__(self) -> None:
+        # Only SKUs found in products are kept, so this is never larger than the catalogue.
+        self._prices: dict[str, Decimal] = {}
+
+    async def prices(
+        self, pool: asyncpg.Pool, skus: Sequence[str], *, reload: bool = False
+    ) -> dict[str, Decimal]:
+        """The price of each SKU that exists, read again from the database when asked to or when
+        not known yet."""
+        wanted = list(skus) if reload else [sku for sku in skus if sku not in self._prices]
+        if wanted:
+            rows = await pool.fetch(
+                "SELECT sku, price FROM products WHERE sku = ANY($1::text[])", wanted
+            )
+            found = {row["sku"]: row["price"] for row in rows}
+            for sku in wanted:
+                if sku in found:
+                    self._prices[sku] = found[sku]
+                else:
+                    self._prices.pop(sku, None)
+        return {sku: self._prices[sku] for sku in skus if sku in self._prices}
+
+
 async def place_order(
     pool: asyncpg.Pool,
+    price_book: PriceBook,
     request: PlaceOrder,
     idempotency_key: str | None = None,
     owner: int | None = None,
@@ -58,17 +91,20 @@ async def place_order(
 
     With an Idempotency-Key, a retry of the same request returns the order the first one made,
     and a different request with the same key is refused."""
-    request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    request_hash = ""
     if idempotency_key is not None and owner is not None:
         # Each API key has Idempotency-Keys of its own: another client choosing the same one must
         # neither get this client's order back nor learn that the key was used.
         idempotency_key = f"key {owner}: {idempotency_key}"
     if idempotency_key is not None:
+        request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
         earlier = await _order_for_key(pool, idempotency_key, request_hash)
         if earlier is not None:
             return PlacedOrder(earlier, replayed=True)
     try:
-        order = await _insert_order_retrying(pool, request, idempotency_key, request_hash, owner)
+        order = await _insert_order_retrying(
+            pool, price_book, request, idempotency_key, request_hash, owner
+        )
     except _KeyTakenMeanwhileError:
         assert idempotency_key is not None
         earlier = await _order_for_key(pool, idempotency_key, request_hash)
@@ -90,16 +126,25 @@ async def _order_for_key(pool: asyncpg.Pool, key: str, request_hash: str) -> Ord
 
 async def _insert_order_retrying(
     pool: asyncpg.Pool,
+    price_book: PriceBook,
     request: PlaceOrder,
     idempotency_key: str | None,
     request_hash: str,
     owner: int | None,
 ) -> OrderOut:
-    """The database may pick this transaction as a deadlock or serialization victim; nothing of
-    it was stored then, so it is simply run again."""
+    """The database may pick the insert as a deadlock or serialization victim, or a price may have
+    changed since the price book read it; nothing was stored then, so it is simply run again (with
+    prices read afresh)."""
+    reload_prices = False
     for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
         try:
-            return await _insert_order(pool, request, idempotency_key, request_hash, owner)
+            return await _insert_order(
+                pool, price_book, request, idempotency_key, request_hash, owner, reload_prices
+            )
+        except PricesChangedError:
+            if attempt == TRANSIENT_ATTEMPTS:
+                raise
+            reload_prices = True
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == TRANSIENT_ATTEMPTS:
                 raise
@@ -107,82 +152,92 @@ async def _insert_order_retrying(
     raise AssertionError("unreachable")
 
 
+# One statement: one round trip, and PostgreSQL runs it as one transaction, so the order, its
+# lines, its OrderPlaced row in the outbox and its Idempotency-Key are stored together or not at
+# all. Nothing is stored unless every line's price ($7) is the product's price now. With a key
+# ($12), nothing else is stored unless this statement claimed it: a concurrent request with the
+# same key waits here until the first commits, then finds the key taken. The one row returned says
+# whether the prices were current, and holds the order if it was stored. The outbox columns are
+# those of outbox.add_to_outbox.
+PLACE_ORDER = f"""
+WITH current_prices AS (
+    SELECT count(*) = cardinality($5::text[]) AS ok
+    FROM unnest($5::text[], $7::numeric[]) AS line (sku, unit_price)
+    JOIN products AS p ON p.sku = line.sku AND p.price = line.unit_price
+), claimed_key AS (
+    INSERT INTO idempotency_keys (key, request_hash, order_id)
+    SELECT $12, $13, $1 FROM current_prices WHERE current_prices.ok AND $12::text IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+), go AS (
+    SELECT current_prices.ok AND ($12::text IS NULL OR EXISTS (SELECT FROM claimed_key)) AS ok
+    FROM current_prices
+), new_order AS (
+    INSERT INTO orders (id, customer_id, email, total, api_key_id)
+    SELECT $1, $2, $3, $4, $14 FROM go WHERE go.ok
+    RETURNING {ORDER_COLUMNS}
+), new_lines AS (
+    INSERT INTO order_items (order_id, sku, qty, unit_price)
+    SELECT $1, line.* FROM go, unnest($5::text[], $6::int[], $7::numeric[]) AS line WHERE go.ok
+), new_event AS (
+    INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload)
+    SELECT $8, $9, $10, $1, $11::jsonb FROM go WHERE go.ok
+)
+SELECT current_prices.ok AS prices_current, new_order.*
+FROM current_prices LEFT JOIN new_order ON true
+"""
+
+
 async def _insert_order(
     pool: asyncpg.Pool,
+    price_book: PriceBook,
     request: PlaceOrder,
     idempotency_key: str | None,
     request_hash: str,
     owner: int | None,
+    reload_prices: bool,
 ) -> OrderOut:
     # Sorted, so that the foreign-key locks on products are taken in one order by everyone.
     lines_in = sorted(request.items, key=lambda line: line.sku)
     skus = [line.sku for line in lines_in]
-    async with pool.acquire() as conn, conn.transaction():
-        prices: dict[str, Decimal] = {
-            r["sku"]: r["price"]
-            for r in await conn.fetch(
-                "SELECT sku, price FROM products WHERE sku = ANY($1::text[])", skus
-            )
-        }
-        unknown = [sku for sku in skus if sku not in prices]
-        if unknown:
-            raise UnknownSkuError(unknown)
-        lines = [
-            OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku]) for line in lines_in
-        ]
-        total = sum((line.unit_price * line.qty for line in lines), Decimal("0.00"))
-        order_id = uuid.uuid4()
-        order = await conn.fetchrow(
-            f"""
-            INSERT INTO orders (id, customer_id, email, total, api_key_id)
-            VALUES ($1, $2, $3, $4, $5)
-            RETURNING {ORDER_COLUMNS}
-            """,
-            order_id,
-            request.customer_id,
-            request.email,
-            total,
-            owner,
-        )
-        await conn.execute(
-            """
-            INSERT INTO order_items (order_id, sku, qty, unit_price)
-            SELECT $1, * FROM unnest($2::text[], $3::int[], $4::numeric[])
-            """,
-            order_id,
-            skus,
-            [line.qty for line in lines],
-            [line.unit_price for line in lines],
-        )
-        await add_to_outbox(
-            conn,
-            [
-                OrderPlaced(
-                    order_id=order_id,
-                    customer_id=request.customer_id,
-                    email=request.email,
-                    items=tuple(lines),
-                    total=total,
-                )
-            ],
-        )
-        if idempotency_key is not None:
-            # A concurrent request with the same key blocks here until the first commits, then
-            # finds the key taken: this transaction is rolled back and the first order returned.
-            claimed = await conn.fetchval(
-                """
-                INSERT INTO idempotency_keys (key, request_hash, order_id) VALUES ($1, $2, $3)
-                ON CONFLICT (key) DO NOTHING
-                RETURNING true
-                """,
-                idempotency_key,
-                request_hash,
-                order_id,
-            )
-            if not claimed:
-                raise _KeyTakenMeanwhileError
-    assert order is not None
-    return _order_out(order, [_line_out(line.sku, line.qty, line.unit_price) for line in lines])
+    prices = await price_book.prices(pool, skus, reload=reload_prices)
+    unknown = [sku for sku in skus if sku not in prices]
+    if unknown:
+        raise UnknownSkuError(unknown)
+    lines = [
+        OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku]) for line in lines_in
+    ]
+    total = sum((line.unit_price * line.qty for line in lines), Decimal("0.00"))
+    event = OrderPlaced(
+        order_id=uuid.uuid4(),
+        customer_id=request.customer_id,
+        email=request.email,
+        items=tuple(lines),
+        total=total,
+    )
+    row = await pool.fetchrow(
+        PLACE_ORDER,
+        event.order_id,
+        request.customer_id,
+        request.email,
+        total,
+        skus,
+        [line.qty for line in lines],
+        [line.unit_price for line in lines],
+        event.event_id,
+        event.event_type,
+        event.routing_key,
+        event.model_dump_json(),
+        idempotency_key,
+        request_hash,
+        owner,
+    )
+    assert row is not None
+    if not row["prices_current"]:
+        raise PricesChangedError
+    if row["id"] is None:
+        raise _KeyTakenMeanwhileError
+    return _order_out(row, [_line_out(line.sku, line.qty, line.unit_price) for line in lines])
 
 
 async def get_order(
