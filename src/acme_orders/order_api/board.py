@@ -1,0 +1,351 @@
+"""The live board: a page at /board that shows orders moving through their statuses as it
+happens, and the stream that feeds it.
+
+GET /board serves a static page (HTML, CSS and JavaScript from `static/`, no other origin: it works
+without internet access). GET /board/stream is a server-sent event stream of snapshots, one a
+second: the newest orders with their statuses, the count of orders per status, the outbox backlog,
+and the messages ready in each consumer queue and its dead-letter queue.
+
+What it costs the server: one task makes the snapshots, however many boards watch, and only while
+at least one does. It reads the newest orders and the outbox backlog every second (both by index),
+counts statuses every COUNTS_INTERVAL seconds over at most COUNTS_LIMIT orders of the last
+COUNTS_WINDOW (orders has no status index, by design: db/004), and reads the queues with passive
+declares over one RabbitMQ connection, opened for the first viewer and closed after the last.
+
+The page needs no key itself (it holds no data); the stream needs an admin key, which the page
+sends in an Authorization header (it reads the stream with fetch(), not EventSource, which cannot
+send headers, so the key never goes into a URL or a log). With AUTH_DISABLED it is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from importlib import resources
+from typing import Annotated, Any
+
+import aio_pika
+import asyncpg
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from acme_orders import catalogue
+from acme_orders.api_keys import Scope
+from acme_orders.database import Connection
+from acme_orders.order_api.routes import Pool
+from acme_orders.order_api.security import Caller, require_scope
+from acme_orders.orders import OrderStatus
+from acme_orders.privacy import mask_emails_in
+from acme_orders.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Seconds between two snapshots.
+INTERVAL = 1.0
+# The newest orders shown.
+RECENT_ORDERS = 20
+# Statuses are counted over the orders of the last COUNTS_WINDOW, at most the newest COUNTS_LIMIT
+# of them, every COUNTS_INTERVAL seconds: a bounded read, whatever the size of orders.
+COUNTS_WINDOW = timedelta(hours=1)
+COUNTS_LIMIT = 10_000
+COUNTS_INTERVAL = 5.0
+# Seconds before trying RabbitMQ again after it could not be reached or refused us, and the
+# most one reading of the queues may take.
+BROKER_RETRY = 10.0
+BROKER_BUDGET = 3.0
+# A comment line sent when there is nothing new, so that proxies keep the connection open.
+HEARTBEAT = 15.0
+QUERY_TIMEOUT = 2.0
+
+STATIC = resources.files("acme_orders.order_api") / "static"
+# The page's own files only: no other origin, no inline script, no framing.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+board = APIRouter(prefix="/board", tags=["board"], include_in_schema=False)
+Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]
+
+
+@functools.cache
+def _static_file(name: str) -> bytes:
+    return (STATIC / name).read_bytes()
+
+
+def _page_file(name: str, media_type: str) -> Response:
+    return Response(_static_file(name), media_type=media_type, headers=PAGE_HEADERS)
+
+
+@board.get("")
+async def board_page() -> Response:
+    """The page. Open to all, like /docs: it holds no data, the stream it reads needs a key."""
+    return _page_file("board.html", "text/html; charset=utf-8")
+
+
+@board.get("/board.js")
+async def board_script() -> Response:
+    return _page_file("board.js", "text/javascript; charset=utf-8")
+
+
+@board.get("/board.css")
+async def board_style() -> Response:
+    return _page_file("board.css", "text/css; charset=utf-8")
+
+
+@board.get("/board-icon.svg")
+async def board_icon() -> Response:
+    return _page_file("board-icon.svg", "image/svg+xml")
+
+
+@board.get("/stream")
+async def board_stream(request: Request, pool: Pool, _caller: Admin) -> StreamingResponse:
+    """Server-sent events: a `snapshot` event with a JSON object every INTERVAL seconds."""
+    feed: BoardFeed | None = getattr(request.app.state, "board_feed", None)
+    if feed is None:
+        feed = request.app.state.board_feed = BoardFeed(pool, request.app.state.settings)
+    return StreamingResponse(
+        _frames(feed),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _frames(feed: BoardFeed) -> AsyncIterator[bytes]:
+    # Starlette cancels this generator when the client goes away, which unsubscribes it.
+    async with feed.subscribe() as inbox:
+        while True:
+            try:
+                yield await asyncio.wait_for(inbox.get(), HEARTBEAT)
+            except TimeoutError:
+                yield b": still here\n\n"
+
+
+class BoardFeed:
+    """Makes a snapshot every INTERVAL seconds while anybody watches, and hands each watcher the
+    latest one (a slow watcher skips snapshots rather than piling them up)."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._watchers: set[asyncio.Queue[bytes]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._latest: bytes | None = None
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[bytes]]:
+        inbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        if self._latest is not None:
+            inbox.put_nowait(self._latest)
+        self._watchers.add(inbox)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._produce(), name="board feed")
+        try:
+            yield inbox
+        finally:
+            self._watchers.discard(inbox)
+            if not self._watchers and self._task is not None:
+                # Nobody watches: no more queries, and the broker connection is closed.
+                self._task.cancel()
+                self._task = None
+                self._latest = None
+
+    async def _produce(self) -> None:
+        snapshots = Snapshots(self._pool, self._settings)
+        try:
+            while True:
+                try:
+                    self._publish(snapshot_event(await snapshots.take()))
+                except Exception:
+                    # Whatever went wrong, the watchers keep their last snapshot and the next
+                    # one is tried as usual.
+                    logger.exception("board: could not take a snapshot")
+                await asyncio.sleep(INTERVAL)
+        finally:
+            await snapshots.close()
+
+    def _publish(self, frame: bytes) -> None:
+        self._latest = frame
+        for inbox in self._watchers:
+            if inbox.full():
+                inbox.get_nowait()
+            inbox.put_nowait(frame)
+
+
+def snapshot_event(snapshot: dict[str, Any]) -> bytes:
+    """A snapshot as a server-sent event: its JSON on one `data:` line."""
+    return b"event: snapshot\ndata: " + orjson.dumps(snapshot) + b"\n\n"
+
+
+class Snapshots:
+    """What the board shows, read from the database and from RabbitMQ."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._broker = QueueGauge(settings.rabbitmq_url)
+        self._counts: dict[str, Any] | None = None
+        self._counted_at = -COUNTS_INTERVAL
+
+    async def take(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = {"interval": INTERVAL}
+        try:
+            snapshot |= await self._database()
+            snapshot["database"] = None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            logger.warning("board: database unavailable: %r", exc)
+            snapshot["database"] = "unavailable"
+        queues, problem = await self._broker.read()
+        snapshot["queues"] = queues
+        snapshot["broker"] = problem
+        return snapshot
+
+    async def _database(self) -> dict[str, Any]:
+        async with self._pool.acquire() as conn:
+            now = await conn.fetchrow(
+                """
+                SELECT now() AS at,
+                       (SELECT count(*) FROM event_outbox WHERE status = 'NEW') AS backlog,
+                       now() - (SELECT created_at FROM event_outbox WHERE status = 'NEW'
+                                ORDER BY id LIMIT 1) AS oldest_new
+                """,
+                timeout=QUERY_TIMEOUT,
+            )
+            assert now is not None
+            orders = await conn.fetch(
+                """
+                SELECT id, customer_id, status, total, created_at, updated_at
+                FROM orders ORDER BY created_at DESC LIMIT $1
+                """,
+                RECENT_ORDERS,
+                timeout=QUERY_TIMEOUT,
+            )
+            if time.monotonic() - self._counted_at >= COUNTS_INTERVAL:
+                self._counts = await self._count_statuses(conn)
+                self._counted_at = time.monotonic()
+        oldest = now["oldest_new"]
+        return {
+            "at": now["at"],
+            "outbox": {
+                "backlog": now["backlog"],
+                "oldest_seconds": oldest.total_seconds() if oldest is not None else None,
+            },
+            "orders": [
+                {
+                    # str: asyncpg's UUID is not the standard library's, which orjson wants.
+                    "id": str(row["id"]),
+                    "customer_id": mask_emails_in(row["customer_id"]),
+                    "status": row["status"],
+                    "total": str(row["total"]),
+                    "created_at": row["created_at"],
+                    "updated_at": row["updated_at"],
+                }
+                for row in orders
+            ],
+            "counts": self._counts,
+        }
+
+    async def _count_statuses(self, conn: Connection) -> dict[str, Any]:
+        rows = await conn.fetch(
+            """
+            SELECT status, count(*) AS n, now() AS at
+            FROM (
+                SELECT status FROM orders WHERE created_at > now() - $1::interval
+                ORDER BY created_at DESC LIMIT $2
+            ) AS recent
+            GROUP BY status
+            """,
+            COUNTS_WINDOW,
+            COUNTS_LIMIT,
+            timeout=QUERY_TIMEOUT,
+        )
+        by_status = {status.value: 0 for status in OrderStatus}
+        by_status |= {row["status"]: row["n"] for row in rows}
+        return {
+            "by_status": by_status,
+            "window_seconds": COUNTS_WINDOW.total_seconds(),
+            "limit": COUNTS_LIMIT,
+            "every_seconds": COUNTS_INTERVAL,
+            "capped": sum(by_status.values()) >= COUNTS_LIMIT,
+        }
+
+    async def close(self) -> None:
+        await self._broker.close()
+
+
+class QueueGauge:
+    """Messages ready in each consumer queue and in its dead-letter queue, read with passive
+    declares (which change nothing) over one connection of the board's own."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._retry_at = 0.0
+        self._problem: str | None = None
+
+    async def read(self) -> tuple[list[dict[str, Any]], str | None]:
+        """One entry per consumer queue (counts None when unknown), and what is wrong, if
+        anything."""
+        figures: list[dict[str, Any]] = [
+            {"queue": spec.name, "service": service, "ready": None, "dead_letters": None}
+            for service, specs in catalogue.SUBSCRIPTIONS.items()
+            for spec in specs
+        ]
+        if self._connection is None and time.monotonic() < self._retry_at:
+            return figures, self._problem
+        try:
+            # A broker that does not answer must not hold up the database's figures.
+            async with asyncio.timeout(BROKER_BUDGET):
+                for figure, spec in zip(figures, catalogue.QUEUES, strict=True):
+                    figure["ready"] = await self._ready(spec.name)
+                    figure["dead_letters"] = await self._ready(spec.dead_letter_queue)
+        except (AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+            # Unreachable, too slow, or it refused the login, the vhost or a queue: say so, try
+            # later, on a new connection.
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            self._problem = f"RabbitMQ: {detail}"
+            logger.warning("board: %s; trying again in %gs", self._problem, BROKER_RETRY)
+            self._retry_at = time.monotonic() + BROKER_RETRY
+            await self.close()
+            return figures, self._problem
+        self._problem = None
+        return figures, None
+
+    async def _ready(self, queue: str) -> int | None:
+        if self._connection is None or self._connection.is_closed:
+            self._connection = await aio_pika.connect(
+                self._url,
+                timeout=BROKER_BUDGET,
+                client_properties={"connection_name": "acme-orders api board"},
+            )
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            declared = await self._channel.declare_queue(queue, passive=True)
+        except ChannelNotFoundEntity:
+            return None  # not declared (yet): the broker closed the channel, the next opens anew
+        count: int | None = declared.declaration_result.message_count
+        return count
+
+    async def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5)

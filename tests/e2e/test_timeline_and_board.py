@@ -1,0 +1,229 @@
+"""Seeing what the system does, against the real processes: an order's timeline read back through
+GET /orders/{id}/events and `acme-orders trace` once the pipeline has handled it, and the live
+board in headless Chromium (Debian's `chromium`, driven by Playwright) showing orders reach `paid`.
+
+The board's screenshot is kept with the run's logs, test-output/run-<pid>/board.png; with
+BOARD_SCREENSHOT_TO_DOCS=1 it also replaces docs/board.png, the README's picture."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Page, Request, async_playwright
+
+from acme_orders.cli import CONSUMER_QUEUES
+from tests.conftest import NewProduct, add_product
+from tests.e2e.conftest import System
+from tests.processes import OUTPUT_DIR
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# Milliseconds Playwright waits for something to show on the page.
+PAGE_DEADLINE_MS = 20_000
+
+
+@pytest.fixture
+def new_product(system: System) -> NewProduct:
+    return functools.partial(add_product, system.pool)
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+async def settled_timeline(system: System, order_id: str) -> dict[str, Any]:
+    """The order's timeline once every event is published and handled by each of its consumers
+    (the notification comes after the order is paid)."""
+
+    async def settled() -> dict[str, Any] | None:
+        response = await system.client.get(f"/orders/{order_id}/events")
+        assert response.status_code == 200, response.text
+        timeline: dict[str, Any] = response.json()
+        events = timeline["events"]
+        done = events and all(
+            event["published_at"] and all(h["processed_at"] for h in event["handled_by"])
+            for event in events
+        )
+        return timeline if done and timeline["status"] == "paid" else None
+
+    return await wait_until(settled, deadline=20, what=f"the timeline of {order_id} to settle")
+
+
+async def test_the_timeline_of_a_paid_order_shows_each_step_in_causal_order(
+    system: System, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=10)
+    order = await system.place_order([(sku, 2)])
+
+    timeline = await settled_timeline(system, order["id"])
+
+    events = timeline["events"]
+    assert [(e["event_type"], e["routing_key"], e["emitted_by"]) for e in events] == [
+        ("OrderPlaced", "order.placed", "api"),
+        ("InventoryReserved", "inventory.reserved", "inventory"),
+        ("PaymentCompleted", "payment.completed", "payment"),
+    ]
+    assert [[(h["service"], h["queue"]) for h in e["handled_by"]] for e in events] == [
+        [("inventory", "inventory.order.placed")],
+        [("payment", "payment.inventory.reserved")],
+        [("notification", "notification.order.outcome")],
+    ]
+    placed_at = when(timeline["placed_at"])
+    previous_handled = placed_at
+    for event in events:
+        recorded = when(event["recorded_at"])
+        [handling] = event["handled_by"]
+        handled = when(handling["processed_at"])
+        # Each event is written by the handling of the one before, and handled after it was
+        # written and published. (A consumer may record it a moment before the publisher records
+        # the broker's confirm: published_at is when the publisher marked it SENT.)
+        assert recorded >= previous_handled
+        assert when(event["published_at"]) >= recorded
+        assert handled > recorded
+        previous_handled = handled
+    # Where the emitter recorded the cause (correlation and causation ids), it is the event before.
+    causes = [event["causation_id"] for event in events]
+    if any(causes):
+        assert causes == [None, events[0]["event_id"], events[1]["event_id"]]
+
+
+async def test_trace_prints_the_timeline_of_a_paid_order(
+    system: System, new_product: NewProduct
+) -> None:
+    sku = await new_product(stock=10)
+    order = await system.place_order([(sku, 1)])
+    await settled_timeline(system, order["id"])
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(ACME_ORDERS), "trace", order["id"]],
+        env=system.environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"order {order['id']}: paid, placed ")
+    assert [line.split()[2] for line in lines[1:7:2]] == [
+        "OrderPlaced",
+        "InventoryReserved",
+        "PaymentCompleted",
+    ]
+    assert [line.split()[0] for line in lines[2:7:2]] == ["inventory", "payment", "notification"]
+    assert all("published +" in line for line in lines[1:7:2])
+    assert all(" handled +" in line for line in lines[2:7:2])
+    assert lines[-1] == "3 events"
+
+
+async def watch_orders_on_the_board(page: Page, system: System, base: str) -> None:
+    """Open the board, place orders, see them reach their final status, open a timeline."""
+    plenty = await add_product(system.pool, stock=50)
+    scarce = await add_product(system.pool, stock=1)
+    await page.goto(f"{base}/board")
+    await page.wait_for_selector('#connection[data-state="live"]')
+
+    paid = [await system.place_order([(plenty, n)]) for n in (1, 2, 3)]
+    short = await system.place_order([(scarce, 5)], customer="C200")
+    for order in paid:
+        await page.wait_for_selector(
+            f'#orders tr[data-order-id="{order["id"]}"][data-status="paid"]'
+        )
+    await page.wait_for_selector(
+        f'#orders tr[data-order-id="{short["id"]}"][data-status="out_of_stock"]'
+    )
+    # Statuses are recounted every few seconds, not with each snapshot.
+    await page.wait_for_function(
+        "n => Number(document.getElementById('count-paid').textContent) >= n", arg=len(paid)
+    )
+
+    await page.click(f'#orders tr[data-order-id="{paid[0]["id"]}"]')
+    await page.wait_for_selector("#timeline:not([hidden])")
+    # Until the notification is handled too: the page fetches the timeline again with each
+    # snapshot until nothing is left to happen.
+    await page.wait_for_selector('#timeline-events li[data-event-type="PaymentCompleted"]')
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#timeline-events li.waiting').length === 0"
+    )
+    steps = await page.eval_on_selector_all(
+        "#timeline-events > li", "items => items.map(item => item.dataset.eventType)"
+    )
+    assert steps == ["OrderPlaced", "InventoryReserved", "PaymentCompleted"]
+    assert "notification: handled +" in await page.inner_text("#timeline-events")
+    await page.wait_for_function(
+        "() => document.getElementById('outbox-backlog').textContent === '0'"
+    )
+    queues = await page.eval_on_selector_all(
+        "#queues tbody tr", "rows => rows.map(row => row.dataset.queue)"
+    )
+    assert queues == [spec.name for spec in CONSUMER_QUEUES]
+
+
+async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
+    system: System,
+) -> None:
+    assert os.access(CHROMIUM, os.X_OK), (
+        "the browser test needs Debian's chromium: apt-get install chromium"
+    )
+    base = str(system.client.base_url).rstrip("/")
+    elsewhere: list[str] = []
+    problems: list[str] = []
+    console: list[str] = []
+
+    def note_request(request: Request) -> None:
+        if not request.url.startswith(base + "/"):
+            elsewhere.append(request.url)
+
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    screenshot = OUTPUT_DIR / "board.png"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1440, "height": 900})
+            page.set_default_timeout(PAGE_DEADLINE_MS)
+            page.on("request", note_request)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            try:
+                await watch_orders_on_the_board(page, system, base)
+            except Exception:
+                # What the page looked like, kept with the run's logs.
+                await page.screenshot(path=str(OUTPUT_DIR / "board-failure.png"), full_page=True)
+                (OUTPUT_DIR / "board-failure.html").write_text(await page.content())
+                (OUTPUT_DIR / "board-failure.console.txt").write_text("\n".join(console + problems))
+                raise
+            await page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            await browser.close()
+
+    assert screenshot.stat().st_size > 10_000
+    assert not problems, problems
+    assert not [line for line in console if line.startswith("error")], console
+    assert not elsewhere, f"the board loaded from elsewhere: {elsewhere}"
+    if os.environ.get("BOARD_SCREENSHOT_TO_DOCS") == "1":
+        shutil.copyfile(screenshot, ROOT / "docs" / "board.png")
