@@ -81,6 +81,13 @@ class TestEnvironment:
             # then 429. The tests of keys and limits (test_api_security.py) turn them back on.
             AUTH_DISABLED="1",
             RATE_LIMIT_ORDERS_PER_SECOND="0",
+            # No worker metrics servers unless a test asks for them (the system fixture gives each
+            # worker a free port): two copies of a service, or a system running on this machine,
+            # would fight over the default ports.
+            PUBLISHER_METRICS_PORT="0",
+            INVENTORY_METRICS_PORT="0",
+            PAYMENT_METRICS_PORT="0",
+            NOTIFICATION_METRICS_PORT="0",
         )
         env.update(overrides)
         return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from aio_pika.exceptions import AMQPError
 
-from acme_orders import api_keys, database, dead_letters, housekeeping, messaging, privacy
+from acme_orders import api_keys, database, dead_letters, housekeeping, messaging, privacy, timeline
 from acme_orders.inventory import service as inventory
 from acme_orders.notification import service as notification
 from acme_orders.order_api import service as order_api
@@ -41,7 +43,7 @@ CONSUMER_QUEUES = [*inventory.QUEUES, *payment.QUEUES, *notification.QUEUES]
 
 def migrate() -> int:
     settings = get_settings()
-    configure_logging("migrate", settings.log_level)
+    configure_logging("migrate", settings.log_level, settings.log_format)
 
     async def run() -> None:
         applied = await database.migrate(settings)
@@ -71,9 +73,13 @@ def run_all() -> int:
     """Each service in its own process; SIGINT or SIGTERM stops them all, and so does any one of
     them exiting. Returns 0 only when every service stopped cleanly."""
     settings = get_settings()
-    configure_logging("run-all", settings.log_level)
+    # Five services on one terminal, or through `tee` into one file: a person reads it, so
+    # readable text (each line tagged with its service) unless LOG_FORMAT asks for JSON.
+    log_format = "text" if settings.log_format == "auto" else settings.log_format
+    configure_logging("run-all", settings.log_level, log_format)
+    environment = {**os.environ, "LOG_FORMAT": log_format}
     children = {
-        name: subprocess.Popen([sys.executable, "-m", "acme_orders", "run", name])
+        name: subprocess.Popen([sys.executable, "-m", "acme_orders", "run", name], env=environment)
         for name in SERVICES
     }
     stopping = False
@@ -136,7 +142,7 @@ def operate(
     """Run an operator command: its results go to stdout, logs to stderr, and a failure to reach
     `server` is one line on stderr and exit code 1."""
     settings = get_settings()
-    configure_logging(command.split()[0], settings.log_level)
+    configure_logging(command.split()[0], settings.log_level, settings.log_format)
     # aiormq logs a failed connection at ERROR by itself; ours is the one line that says so.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
@@ -319,6 +325,27 @@ def forget(customer_id: str) -> int:
     return operate("forget", "PostgreSQL", work)
 
 
+def trace(order_id: UUID) -> int:
+    found: timeline.Timeline | None = None
+
+    async def work(settings: Settings) -> None:
+        nonlocal found
+        pool = await _database(settings)
+        try:
+            found = await timeline.order_timeline(pool, order_id)
+        finally:
+            await pool.close()
+
+    code = operate("trace", "PostgreSQL", work)
+    if code:
+        return code
+    if found is None:
+        print(f"acme-orders trace: no order {order_id}", file=sys.stderr)
+        return 1
+    print(timeline.render_timeline(found))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme-orders",
@@ -392,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         "events, keeping the order history",
     )
     forget_parser.add_argument("customer_id", help="the customer_id their orders were placed with")
+
+    trace_parser = commands.add_parser(
+        "trace",
+        help="an order's events in causal order: who emitted each, when it was published and "
+        "when each consuming service handled it, in ms since the order was placed",
+    )
+    trace_parser.add_argument("order_id", type=UUID, help="the order's id")
 
     bench = commands.add_parser(
         "bench",
@@ -490,7 +524,7 @@ def bench(args: argparse.Namespace) -> int:
     # Imported here: the services need none of the benchmark's modules (or psutil).
     from acme_orders.benchmark import runner
 
-    configure_logging("bench", get_settings().log_level)
+    configure_logging("bench", get_settings().log_level, get_settings().log_format)
     # The bench prints its own steps; creating the scratch database and queues is not news.
     for chatty in ("acme_orders.database", "acme_orders.messaging"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -528,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(apikey_list() if args.apikey_command == "list" else apikey_revoke(args.name))
     if args.command == "forget":
         sys.exit(forget(args.customer_id))
+    if args.command == "trace":
+        sys.exit(trace(args.order_id))
     if args.command == "bench":
         sys.exit(bench(args))
     sys.exit(run(args.service))

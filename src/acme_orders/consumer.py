@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +30,11 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueu
 from pydantic import ValidationError
 
 from acme_orders.database import Connection
-from acme_orders.events import Event
+from acme_orders.events import Event, caused_by
 from acme_orders.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
+from acme_orders.observability import tracing
+from acme_orders.observability.logs import event_log_context
+from acme_orders.observability.metrics import ConsumerMetrics, event_type_label
 from acme_orders.orders import UnprocessableEventError
 from acme_orders.outbox import add_to_outbox
 from acme_orders.runtime import open_connections, wait_or_stop
@@ -95,6 +99,31 @@ class Delivery:
     event: Event
 
 
+def _with_causes(emitted: list[Event], handled: Iterable[Sequence[Event]]) -> list[Event]:
+    """The emitted events, each naming the event that caused it. Handlers build them with
+    events.caused_by, which carries the correlation id on; one that did not is a bug in its
+    handler: say so, and take the handled event of the same order as its cause, so that the
+    order's story is not cut off."""
+    if all(e.causation_id is not None and e.correlation_id is not None for e in emitted):
+        return emitted
+    cause_by_order = {event.order_id: event for events in handled for event in events}
+    named: list[Event] = []
+    for effect in emitted:
+        if effect.causation_id is None or effect.correlation_id is None:
+            logger.warning(
+                "%s %s for order %s was emitted without its cause; its handler should build it "
+                "with events.caused_by",
+                effect.event_type,
+                effect.event_id,
+                effect.order_id,
+            )
+            cause = cause_by_order.get(effect.order_id)
+            if cause is not None:
+                effect = caused_by(cause, effect)
+        named.append(effect)
+    return named
+
+
 def _validation_summary(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
@@ -122,6 +151,7 @@ class ConsumerRunner:
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.requeues: set[asyncio.Task[None]] = set()
         self.gave_back = False
+        self.metrics = ConsumerMetrics(consumer.service, consumer.queue.name, consumer.by_type)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.inbox.put_nowait(message)
@@ -155,6 +185,7 @@ class ConsumerRunner:
             await asyncio.gather(*self.requeues, return_exceptions=True)
 
     async def process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
+        self.metrics.batch_size.observe(len(batch))
         deliveries = [d for d in [await self.decode(m) for m in batch] if d is not None]
         if deliveries:
             await self.handle(deliveries)
@@ -174,6 +205,7 @@ class ConsumerRunner:
             # A wildcard binding can bring event types this service has no use for.
             logger.debug("ignoring %s on %s", raw["event_type"], self.consumer.queue.name)
             await message.ack()
+            self.metrics.consumed(event_type_label(raw["event_type"]), "ignored")
             return None
         try:
             event = route.event_type.model_validate(raw)
@@ -188,9 +220,12 @@ class ConsumerRunner:
         pause = 0.1
         while True:
             try:
+                started = time.perf_counter()
                 first_time = await self.handle_once(deliveries)
+                self.metrics.handler_seconds.observe(time.perf_counter() - started)
                 break
             except TRANSIENT_DB_ERRORS as exc:
+                self.metrics.db_retries.inc()
                 logger.warning(
                     "database unavailable handling %d event(s) on %s (%r); retrying in %.1fs",
                     len(deliveries),
@@ -209,22 +244,25 @@ class ConsumerRunner:
                     for delivery in deliveries:
                         await self.handle([delivery])
                 elif isinstance(exc, UnprocessableEventError):
-                    await self.dead_letter(deliveries[0].message, str(exc))
+                    with event_log_context(deliveries[0].event):
+                        await self.dead_letter(deliveries[0].message, str(exc))
                 else:
                     self.retry_later(deliveries[0], exc)
                 return
 
+        self.metrics.settled([delivery.event for delivery in deliveries], first_time)
         for delivery in deliveries:
             event = delivery.event
             if event.event_id in first_time:
                 first_time.discard(event.event_id)
             else:
-                logger.info(
-                    "duplicate %s %s for order %s ignored",
-                    event.event_type,
-                    event.event_id,
-                    event.order_id,
-                )
+                with event_log_context(event):
+                    logger.info(
+                        "duplicate %s %s for order %s ignored",
+                        event.event_type,
+                        event.event_id,
+                        event.order_id,
+                    )
         # Ack only now that the transaction has committed: a crash before this line redelivers
         # the messages, and processed_events turns the redelivery into a no-op.
         await self.ack(delivery.message for delivery in deliveries)
@@ -262,7 +300,11 @@ class ConsumerRunner:
         """Handle the batch in one transaction; returns the ids of the events this service had
         not handled before (the others, and repeats within the batch, change nothing)."""
         event_ids = sorted({d.event.event_id for d in deliveries})
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with (
+            tracing.handling(self.consumer.queue.name, deliveries) as spans,
+            self.pool.acquire() as conn,
+            conn.transaction(),
+        ):
             # Sorted, so two transactions that share events take their keys in the same order.
             first_time: set[UUID] = {
                 row["event_id"]
@@ -286,27 +328,34 @@ class ConsumerRunner:
             emitted: list[Event] = []
             for handler, events in by_handler.items():
                 emitted.extend(await handler(events, conn))
-            await add_to_outbox(conn, emitted)
+            emitted = _with_causes(emitted, by_handler.values())
+            # Each emitted event continues the trace of the event that caused it.
+            await add_to_outbox(conn, emitted, spans.trace_contexts(emitted))
+        # Committed: the events will be published.
+        self.metrics.emitted(emitted)
         return first_time
 
     def retry_later(self, delivery: Delivery, error: Exception) -> None:
         message, event = delivery.message, delivery.event
+        self.metrics.consumed(event.event_type, "retried")
         # Quorum queues count earlier deliveries in this header.
         count = (message.headers or {}).get("x-delivery-count")
         deliveries = count if isinstance(count, int) else 0
-        logger.error(
-            "handling %s %s for order %s failed (delivery %d); will retry",
-            event.event_type,
-            event.event_id,
-            event.order_id,
-            deliveries + 1,
-            exc_info=error,
-        )
-        # A pause before the requeue keeps a failing handler out of a hot loop, while the next
-        # batches go on being handled.
-        task = asyncio.create_task(
-            self._requeue_after(message, min(0.2 * 2**deliveries, RETRY_PAUSE_MAX))
-        )
+        # The requeue task copies the context: its lines carry the event's fields too.
+        with event_log_context(event):
+            logger.error(
+                "handling %s %s for order %s failed (delivery %d); will retry",
+                event.event_type,
+                event.event_id,
+                event.order_id,
+                deliveries + 1,
+                exc_info=error,
+            )
+            # A pause before the requeue keeps a failing handler out of a hot loop, while the
+            # next batches go on being handled.
+            task = asyncio.create_task(
+                self._requeue_after(message, min(0.2 * 2**deliveries, RETRY_PAUSE_MAX))
+            )
         self.requeues.add(task)
         task.add_done_callback(self.requeues.discard)
 
@@ -345,6 +394,7 @@ class ConsumerRunner:
             routing_key=queue.name,
         )
         await message.ack()
+        self.metrics.consumed(event_type_label(message.type), "dead_lettered")
         logger.warning(
             "DEAD-LETTERED message %s from %s to %s: %s",
             message.message_id,

@@ -1,16 +1,16 @@
 """The event contracts: every event the system publishes, defined once.
 
 Each event is a frozen model whose JSON is the message body (the envelope fields `event_id`,
-`event_type`, `occurred_at`, `order_id` and `version`, then the event's data), published on the
-topic exchange `acme.events` with the routing key beside the model. The README's event catalogue
-is checked against this module by a test.
+`event_type`, `occurred_at`, `order_id`, `version`, `correlation_id` and `causation_id`, then the
+event's data), published on the topic exchange `acme.events` with the routing key beside the
+model. The README's event catalogue is checked against this module by a test.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TypeVar
 from uuid import UUID, uuid4
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -26,6 +26,11 @@ MAX_LINES = 50
 Quantity = Annotated[int, Field(gt=0, le=MAX_QTY)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2)]
 Sku = Annotated[str, Field(min_length=1, max_length=64)]
+# A correlation id is written into every log line about its order, so it is a plain token: no
+# spaces or line breaks to forge a log line with, no "@" to smuggle an address in. The API takes a
+# client's X-Request-ID as the correlation id only if it fits.
+CORRELATION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+CorrelationId = Annotated[str, Field(min_length=1, max_length=128, pattern=CORRELATION_ID_PATTERN)]
 
 
 def _now() -> datetime:
@@ -68,6 +73,12 @@ class Event(BaseModel):
     occurred_at: AwareDatetime = Field(default_factory=_now)
     order_id: UUID
     version: Literal[1] = 1
+    # Where the event comes from: the request that placed its order (the API's request id, which
+    # every later event of the order carries on), and the event whose handling produced it (None
+    # for OrderPlaced). Optional, so version 1 stays: events written before these fields existed
+    # still validate, and readers that do not know them ignore them.
+    correlation_id: CorrelationId | None = None
+    causation_id: UUID | None = None
 
 
 class CustomerEvent(Event):
@@ -128,6 +139,21 @@ class PaymentFailed(CustomerEvent):
     event_type: Literal["PaymentFailed"] = "PaymentFailed"
     amount: Money
     reason: Annotated[str, Field(max_length=1000)]
+
+
+AnyEvent = TypeVar("AnyEvent", bound=Event)
+
+
+def caused_by(cause: Event, effect: AnyEvent) -> AnyEvent:
+    """`effect`, marked as produced by handling `cause`: it carries on the cause's correlation id
+    and names the cause as its causation. A cause older than correlation ids starts one: its own
+    event id."""
+    return effect.model_copy(
+        update={
+            "correlation_id": cause.correlation_id or str(cause.event_id),
+            "causation_id": cause.event_id,
+        }
+    )
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

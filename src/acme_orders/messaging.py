@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -103,9 +104,14 @@ async def declare_topology(settings: Settings, queues: list[QueueSpec]) -> None:
             logger.info("declared queue %s -> %s", spec.name, ", ".join(spec.routing_keys))
 
 
-def outbox_message(row: OutboxRow) -> aio_pika.Message:
+def outbox_message(
+    row: OutboxRow, trace_headers: Mapping[str, str] | None = None
+) -> aio_pika.Message:
+    """The message of an outbox row; `trace_headers` (traceparent, tracestate) carry the trace on
+    to the consumers."""
     return aio_pika.Message(
         body=row.payload,
+        headers=dict(trace_headers) if trace_headers else None,
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=str(row.event_id),

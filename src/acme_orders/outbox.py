@@ -7,27 +7,41 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
+import orjson
+
 from acme_orders.database import Connection
 from acme_orders.events import Event
+from acme_orders.observability import tracing
 
 
-async def add_to_outbox(tx: Connection, events: Iterable[Event]) -> None:
+async def add_to_outbox(
+    tx: Connection, events: Iterable[Event], trace_contexts: Sequence[str | None] | None = None
+) -> None:
     """Store events for publishing; call inside the transaction that makes them true. An insert
-    trigger sends NOTIFY event_outbox, which wakes the publisher when the transaction commits."""
+    trigger sends NOTIFY event_outbox, which wakes the publisher when the transaction commits.
+
+    Each row keeps the trace context its publishing continues (JSON, see observability.tracing):
+    `trace_contexts`, one per event, or else the current one. NULL when not tracing."""
     events = list(events)
     if not events:
         return
+    if trace_contexts is None:
+        trace_contexts = [tracing.current_trace_context()] * len(events)
     # One statement, one round trip, however many events.
     await tx.execute(
         """
-        INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload)
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
+        INSERT INTO event_outbox
+            (event_id, event_type, routing_key, order_id, payload, trace_context)
+        SELECT * FROM unnest(
+            $1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[], $6::jsonb[]
+        )
         """,
         [e.event_id for e in events],
         [e.event_type for e in events],
         [e.routing_key for e in events],
         [e.order_id for e in events],
         [e.model_dump_json() for e in events],
+        list(trace_contexts),
     )
 
 
@@ -38,6 +52,9 @@ class OutboxRow:
     event_type: str
     routing_key: str
     payload: bytes
+    # The W3C trace context stored with the event (traceparent, tracestate); None when the
+    # event was written without tracing.
+    trace_context: dict[str, str] | None = None
 
 
 async def claim_new_events(tx: Connection, limit: int) -> list[OutboxRow]:
@@ -45,7 +62,8 @@ async def claim_new_events(tx: Connection, limit: int) -> list[OutboxRow]:
     publishers claim the rows after these instead of waiting for them."""
     records = await tx.fetch(
         """
-        SELECT id, event_id, event_type, routing_key, payload::text AS payload
+        SELECT id, event_id, event_type, routing_key, payload::text AS payload,
+               trace_context::text AS trace_context
         FROM event_outbox
         WHERE status = 'NEW'
         ORDER BY id
@@ -55,7 +73,14 @@ async def claim_new_events(tx: Connection, limit: int) -> list[OutboxRow]:
         limit,
     )
     return [
-        OutboxRow(r["id"], r["event_id"], r["event_type"], r["routing_key"], r["payload"].encode())
+        OutboxRow(
+            r["id"],
+            r["event_id"],
+            r["event_type"],
+            r["routing_key"],
+            r["payload"].encode(),
+            orjson.loads(r["trace_context"]) if r["trace_context"] is not None else None,
+        )
         for r in records
     ]
 

@@ -18,6 +18,14 @@ from aio_pika.abc import AbstractRobustConnection
 
 from acme_orders.database import close_pool, create_pool
 from acme_orders.messaging import connect
+from acme_orders.observability.logs import (
+    ContextFilter,
+    LogFormat,
+    log_formatter,
+    resolve_log_format,
+)
+from acme_orders.observability.metrics_server import serve_metrics, service_health
+from acme_orders.observability.tracing import configure_tracing
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -30,13 +38,15 @@ CLOSE_TIMEOUT = 5.0
 ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
-def configure_logging(service: str, level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s %(levelname)-7s {service:<12} %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
+def configure_logging(service: str, level: str, log_format: LogFormat = "auto") -> None:
+    """Log to stderr as `log_format` says (auto: text on a terminal, JSON elsewhere), each line
+    with the service's name and the event, order and correlation ids of its log context."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        log_formatter(service, resolve_log_format(log_format, sys.stderr.isatty()))
     )
+    handler.addFilter(ContextFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # aio-pika and aiormq narrate every reconnect attempt at INFO; we log our own summary.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -45,7 +55,8 @@ def configure_logging(service: str, level: str) -> None:
 def run_service(service: str, main: ServiceMain) -> None:
     """Run one service until SIGTERM or SIGINT, which set the stop event it is given."""
     settings = get_settings()
-    configure_logging(service, settings.log_level)
+    configure_logging(service, settings.log_level, settings.log_format)
+    configure_tracing(service, settings)
 
     async def supervise() -> None:
         stop = asyncio.Event()
@@ -53,7 +64,9 @@ def run_service(service: str, main: ServiceMain) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         logger.info("starting")
-        await main(settings, stop)
+        # /metrics and /health on the service's own port, from start-up (503 until connected).
+        async with serve_metrics(settings, service):
+            await main(settings, stop)
         logger.info("stopped")
 
     uvloop.run(supervise())
@@ -133,7 +146,11 @@ async def open_connections(
             yield None
             return
         try:
-            yield Connections(pool, broker)
+            service_health.watch(pool, broker)
+            try:
+                yield Connections(pool, broker)
+            finally:
+                service_health.forget()
         finally:
             # Bounded: a connection stuck reconnecting must not keep the process from exiting.
             try:

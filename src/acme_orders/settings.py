@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import lru_cache
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +95,23 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a service waits for in-flight work on SIGTERM."
     )
     log_level: str = Field("INFO", description="Python log level.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description=(
+            "How services write their log lines: json, one JSON object per line (ts, level, "
+            "service, logger, msg, and event_id, order_id, correlation_id when known); text, "
+            "readable lines with the same fields appended; auto, text on a terminal and json "
+            "anywhere else."
+        ),
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description=(
+            "Base URL of an OpenTelemetry collector (http/protobuf, such as "
+            "http://127.0.0.1:4318): when set, every service exports its spans there. Unset: "
+            "no tracing, at no cost."
+        ),
+    )
     outbox_retention: timedelta = Field(
         timedelta(days=7),
         gt=timedelta(0),
@@ -129,6 +146,25 @@ class Settings(BaseSettings):
         le=100_000,
         description="Rows deleted per transaction when purging, so no purge holds locks for long.",
     )
+    # Each worker serves its Prometheus metrics and /health on a port of its own (the API serves
+    # /metrics on API_PORT): fixed defaults, one per service, so that `run all` on one machine
+    # has no collisions.
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the workers' metrics servers (/metrics and /health) listen on.",
+    )
+    publisher_metrics_port: int = Field(
+        8001, ge=0, le=65535, description="Port of the publisher's /metrics and /health; 0: none."
+    )
+    inventory_metrics_port: int = Field(
+        8002, ge=0, le=65535, description="Port of inventory's /metrics and /health; 0: none."
+    )
+    payment_metrics_port: int = Field(
+        8003, ge=0, le=65535, description="Port of payment's /metrics and /health; 0: none."
+    )
+    notification_metrics_port: int = Field(
+        8004, ge=0, le=65535, description="Port of notification's /metrics and /health; 0: none."
+    )
 
     @field_validator(
         "outbox_retention", "processed_events_retention", "idempotency_key_retention", mode="before"
@@ -143,6 +179,17 @@ class Settings(BaseSettings):
             except ValueError:
                 pass
         return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format_in_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("otel_exporter_otlp_endpoint", mode="before")
+    @classmethod
+    def _empty_endpoint_is_unset(cls, value: object) -> object:
+        # OpenTelemetry reads an empty variable as unset; so do we.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _processed_events_outlive_redeliveries(self) -> Self:

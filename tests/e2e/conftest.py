@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.cli import CONSUMER_QUEUES, SERVICES
+from acme_orders.cli import CONSUMER_QUEUES, SERVICES, WORKERS
 from acme_orders.orders import FINAL_STATUSES
 from tests.environment import TestEnvironment, create_environment, drop_environment
 from tests.processes import ServiceProcess, free_port, stop_all
@@ -58,6 +58,8 @@ class System:
     client: httpx.AsyncClient
     pool: asyncpg.Pool
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+    # Each worker's /metrics and /health port.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     async def place_order(
         self, items: list[tuple[str, int]], customer: str = "C100", email: str = "c100@example.com"
@@ -110,14 +112,19 @@ class System:
 async def system() -> AsyncIterator[System]:
     env = await create_environment(CONSUMER_QUEUES)
     port = free_port()
-    environ = env.environ(API_PORT=str(port), PAYMENT_SUCCESS_RATE="1.0")
+    metrics_ports = {name: free_port() for name in WORKERS}
+    environ = env.environ(
+        API_PORT=str(port),
+        PAYMENT_SUCCESS_RATE="1.0",
+        **{f"{name.upper()}_METRICS_PORT": str(p) for name, p in metrics_ports.items()},
+    )
     pool = await asyncpg.create_pool(env.database_url, min_size=1, max_size=4)
     assert pool is not None
     processes = {name: ServiceProcess.service(name, environ).start() for name in SERVICES}
     try:
         await asyncio.gather(*(wait_ready(p) for p in processes.values()))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield System(env, environ, client, pool, processes)
+            yield System(env, environ, client, pool, processes, metrics_ports)
     finally:
         try:
             await stop_all(list(processes.values()))

@@ -157,6 +157,23 @@ async def test_an_admin_key_reads_every_order_but_does_not_place_any(
     assert await pool.fetchval("SELECT count(*) FROM orders") == orders_before
 
 
+async def test_metrics_need_an_admin_key(api: httpx.AsyncClient, new_key: NewKey) -> None:
+    writer, admin = await new_key(Scope.ORDERS_WRITE), await new_key(Scope.ADMIN)
+
+    anonymous = await api.get("/metrics")
+    as_writer = await api.get("/metrics", headers=writer)
+    as_admin = await api.get("/metrics", headers=admin)
+
+    assert anonymous.status_code == 401
+    assert as_writer.status_code == 403
+    assert as_admin.status_code == 200
+    assert as_admin.headers["content-type"].startswith("text/plain")
+    # The refused requests were timed too.
+    assert 'acme_http_request_seconds_count{method="GET",route="/metrics",status="401"}' in (
+        as_admin.text
+    )
+
+
 async def test_an_order_belongs_to_the_key_that_placed_it(
     api: httpx.AsyncClient, new_product: NewProduct, new_key: NewKey, pool: asyncpg.Pool
 ) -> None:
@@ -286,4 +303,11 @@ async def test_health_documentation_and_schema_stay_open_and_show_the_scheme(
         for method, operation in operations.items()
         if operation.get("security")
     }
-    assert secured == {"POST /orders", "GET /orders", "GET /orders/{order_id}", "GET /products"}
+    assert secured == {
+        "POST /orders",
+        "GET /orders",
+        "GET /orders/{order_id}",
+        "GET /orders/{order_id}/events",
+        "GET /products",
+        "GET /metrics",
+    }

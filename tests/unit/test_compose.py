@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from acme_orders.cli import SERVICES
+from acme_orders.observability.metrics import ALL_METRICS, exported_names
+from acme_orders.observability.metrics_server import metrics_port
 from acme_orders.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +34,8 @@ CONTAINERS = {
     "inventory": "eda-inventory",
     "payment": "eda-payment",
     "notification": "eda-notification",
+    "prometheus": "eda-prometheus",
+    "grafana": "eda-grafana",
 }
 # Compose service -> the service `acme-orders run` starts in it.
 APP_SERVICES = {
@@ -43,6 +47,12 @@ APP_SERVICES = {
 }
 APP_IMAGE = "acme-orders:latest"
 INITDB_DIR = "/docker-entrypoint-initdb.d/"
+DEPLOY = ROOT / "deploy"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+GRAFANA = DEPLOY / "grafana"
+OBSERVABILITY = {"prometheus", "grafana"}
+# What the dashboard may query beside our own metrics: Prometheus' and prometheus-client's.
+OTHER_METRICS = {"up", "process_cpu_seconds_total", "process_resident_memory_bytes"}
 
 
 def load_compose() -> dict[str, Any]:
@@ -330,3 +340,114 @@ def test_the_image_sets_no_credential() -> None:
     for keyword, arguments in dockerfile_instructions():
         if keyword in {"ENV", "ARG"}:
             assert not re.search(r"PASSWORD|SECRET|TOKEN|_KEY|://\w+:\w+@", arguments), arguments
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's bind mounts: path in the container -> path beside this file."""
+    found: dict[str, str] = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = str(volume).split(":")
+        if source.startswith("./"):
+            found[target] = source
+    return found
+
+
+def scrape_targets() -> dict[str, tuple[str, int]]:
+    """Prometheus' targets: compose service -> (metrics path, port)."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    targets: dict[str, tuple[str, int]] = {}
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, _, port = target.partition(":")
+                assert host not in targets, f"{host} is scraped twice"
+                targets[host] = (job.get("metrics_path", "/metrics"), int(port))
+    return targets
+
+
+def test_prometheus_and_grafana_are_an_optional_profile() -> None:
+    found = services()
+
+    for name in OBSERVABILITY:
+        assert found[name]["profiles"] == ["observability"], name
+    # Plain `docker compose up -d` runs everything else, as before.
+    for name in set(found) - OBSERVABILITY:
+        assert "profiles" not in found[name], name
+    assert published_ports(found["prometheus"]) == {9090}
+    assert published_ports(found["grafana"]) == {3000}
+
+
+def test_prometheus_scrapes_every_app_service_on_the_port_it_serves_metrics_on() -> None:
+    found = services()
+    targets = scrape_targets()
+
+    # Each target is a compose service, and every service of the CLI but migrate is scraped.
+    assert set(targets) == set(APP_SERVICES)
+    for name, (path, port) in targets.items():
+        env = environment(found[name])
+        settings = Settings.model_validate({k.lower(): v for k, v in env.items()})
+        assert path == "/metrics", name
+        if APP_SERVICES[name] == "api":
+            assert port == settings.api_port
+            assert settings.api_host == "0.0.0.0"  # noqa: S104
+        else:
+            assert port == metrics_port(settings, APP_SERVICES[name]), name
+            # Reachable from the Prometheus container, and said so.
+            assert settings.metrics_host == "0.0.0.0", name  # noqa: S104
+            assert found[name]["expose"] == [str(port)], name
+            health = found[name]["healthcheck"]["test"]
+            assert any(f"127.0.0.1:{port}/health" in part for part in health), name
+    # The configuration Prometheus reads is the file checked here.
+    assert mounts(found["prometheus"])["/etc/prometheus/prometheus.yml"] == (
+        "./deploy/prometheus/prometheus.yml"
+    )
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    grafana = services()["grafana"]
+    mounted = mounts(grafana)
+    provisioning = GRAFANA / "provisioning"
+
+    assert mounted["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    datasources = yaml.safe_load(
+        (provisioning / "datasources" / "prometheus.yml").read_text(encoding="utf-8")
+    )["datasources"]
+    assert [(d["type"], d["uid"], d["url"]) for d in datasources] == [
+        ("prometheus", "prometheus", "http://prometheus:9090")
+    ]
+    providers = yaml.safe_load(
+        (provisioning / "dashboards" / "acme-orders.yml").read_text(encoding="utf-8")
+    )["providers"]
+    dashboards_dir = providers[0]["options"]["path"]
+    assert mounted[dashboards_dir] == "./deploy/grafana/dashboards"
+    home = environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dashboards_dir + "/")
+    assert (GRAFANA / "dashboards" / home.rsplit("/", 1)[1]).is_file()
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((GRAFANA / "dashboards" / "acme-orders.json").read_text("utf-8"))
+    targets = [target for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    # The provisioned data source, by its uid.
+    assert {target["datasource"]["uid"] for target in targets} == {"prometheus"}
+    return [target["expr"] for target in targets]
+
+
+def test_the_dashboard_queries_only_metrics_that_exist_and_shows_every_one() -> None:
+    queries = dashboard_queries()
+    # Every metric name in the queries: identifiers that are neither functions (followed by "(")
+    # nor labels (followed by a comparison, or inside by/without lists).
+    without_strings = [re.sub(r'"[^"]*"|\[[^\]]*\]|by \([^)]*\)', "", q) for q in queries]
+    named = {
+        name
+        for query in without_strings
+        for name in re.findall(r"\b([a-z_][a-z0-9_]*)\b(?!\s*[(=!~])", query)
+    } - {"by", "without"}
+
+    assert queries
+    assert named - exported_names() <= OTHER_METRICS, named - exported_names()
+    assert named - OTHER_METRICS <= exported_names()
+    # Each metric of the code has a panel.
+    for metric in ALL_METRICS:
+        for family in metric.describe():
+            assert any(family.name in query for query in queries), family.name

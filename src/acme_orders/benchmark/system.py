@@ -34,6 +34,7 @@ NAME_PATTERN = re.compile(rf"^{NAME_PREFIX}(\d+)_[0-9a-f]+$")
 # measures the happy path. It fits the integer column with room to spare.
 BENCH_STOCK = 1_000_000_000
 READY_DEADLINE = 60.0
+WORKERS_WITH_METRICS = ("publisher", "inventory", "payment", "notification")
 STOP_DEADLINE = 20.0
 
 
@@ -226,6 +227,10 @@ def service_environment(
         # bench measures the pipeline, not the 401s and 429s it would get otherwise.
         AUTH_DISABLED="1",
         RATE_LIMIT_ORDERS_PER_SECOND="0",
+        # Each worker's /metrics and /health on a free port, as deployed (idle unless scraped),
+        # and clear of a system already running here on the default ports.
+        METRICS_HOST="127.0.0.1",
+        **{f"{name.upper()}_METRICS_PORT": str(free_port()) for name in WORKERS_WITH_METRICS},
     )
     return env
 

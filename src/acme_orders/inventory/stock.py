@@ -21,7 +21,9 @@ from acme_orders.events import (
     PaymentFailed,
     StockLine,
     StockShortage,
+    caused_by,
 )
+from acme_orders.observability.logs import event_log_context
 from acme_orders.orders import OrderStatus, lock_orders, set_order_statuses
 
 logger = logging.getLogger(__name__)
@@ -37,11 +39,12 @@ async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequen
             # A second event for the same order in this batch finds it decided.
             statuses[event.order_id] = OrderStatus.RESERVED
         else:
-            logger.info(
-                "order %s is already %s; nothing to reserve",
-                event.order_id,
-                statuses[event.order_id],
-            )
+            with event_log_context(event):
+                logger.info(
+                    "order %s is already %s; nothing to reserve",
+                    event.order_id,
+                    statuses[event.order_id],
+                )
     if not pending:
         return []
 
@@ -52,47 +55,54 @@ async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequen
     reservations: list[tuple[UUID, str, int]] = []
     emitted: list[Event] = []
     for event in pending:
-        wanted = _quantities_by_sku(event)
-        shortages = [
-            StockShortage(sku=sku, requested=qty, available=stock.get(sku, 0))
-            for sku, qty in wanted.items()
-            if stock.get(sku, 0) < qty
-        ]
-        if shortages:
-            decided[event.order_id] = OrderStatus.OUT_OF_STOCK
+        with event_log_context(event):
+            wanted = _quantities_by_sku(event)
+            shortages = [
+                StockShortage(sku=sku, requested=qty, available=stock.get(sku, 0))
+                for sku, qty in wanted.items()
+                if stock.get(sku, 0) < qty
+            ]
+            if shortages:
+                decided[event.order_id] = OrderStatus.OUT_OF_STOCK
+                emitted.append(
+                    caused_by(
+                        event,
+                        OrderOutOfStock(
+                            order_id=event.order_id,
+                            customer_id=event.customer_id,
+                            email=event.email,
+                            shortages=tuple(shortages),
+                        ),
+                    )
+                )
+                logger.info(
+                    "OUT_OF_STOCK order %s: %s",
+                    event.order_id,
+                    ", ".join(f"{s.sku} wants {s.requested}, has {s.available}" for s in shortages),
+                )
+                continue
+            for sku, qty in wanted.items():
+                stock[sku] -= qty
+                taken[sku] += qty
+                reservations.append((event.order_id, sku, qty))
+            decided[event.order_id] = OrderStatus.RESERVED
             emitted.append(
-                OrderOutOfStock(
-                    order_id=event.order_id,
-                    customer_id=event.customer_id,
-                    email=event.email,
-                    shortages=tuple(shortages),
+                caused_by(
+                    event,
+                    InventoryReserved(
+                        order_id=event.order_id,
+                        customer_id=event.customer_id,
+                        email=event.email,
+                        items=event.items,
+                        total=event.total,
+                    ),
                 )
             )
             logger.info(
-                "OUT_OF_STOCK order %s: %s",
+                "RESERVED order %s: %s",
                 event.order_id,
-                ", ".join(f"{s.sku} wants {s.requested}, has {s.available}" for s in shortages),
+                ", ".join(f"{sku} x{qty}" for sku, qty in wanted.items()),
             )
-            continue
-        for sku, qty in wanted.items():
-            stock[sku] -= qty
-            taken[sku] += qty
-            reservations.append((event.order_id, sku, qty))
-        decided[event.order_id] = OrderStatus.RESERVED
-        emitted.append(
-            InventoryReserved(
-                order_id=event.order_id,
-                customer_id=event.customer_id,
-                email=event.email,
-                items=event.items,
-                total=event.total,
-            )
-        )
-        logger.info(
-            "RESERVED order %s: %s",
-            event.order_id,
-            ", ".join(f"{sku} x{qty}" for sku, qty in wanted.items()),
-        )
 
     if taken:
         await _add_stock(tx, {sku: -qty for sku, qty in taken.items()})
@@ -130,19 +140,24 @@ async def release_stock(events: Sequence[PaymentFailed], tx: Connection) -> Sequ
         await _lock_products(tx, back)
         await _add_stock(tx, back)
 
+    # Each order once, answering the first of its events in the batch.
+    first_events: dict[UUID, PaymentFailed] = {}
+    for event in events:
+        first_events.setdefault(event.order_id, event)
     emitted: list[Event] = []
-    for order_id in dict.fromkeys(order_ids):
-        lines = by_order.get(order_id)
-        if not lines:
-            logger.info("order %s holds no reserved stock; nothing to release", order_id)
-            continue
-        items = tuple(sorted(lines, key=_sku))
-        emitted.append(InventoryReleased(order_id=order_id, items=items))
-        logger.info(
-            "RELEASED order %s: %s",
-            order_id,
-            ", ".join(f"{line.sku} x{line.qty}" for line in items),
-        )
+    for order_id, event in first_events.items():
+        with event_log_context(event):
+            lines = by_order.get(order_id)
+            if not lines:
+                logger.info("order %s holds no reserved stock; nothing to release", order_id)
+                continue
+            items = tuple(sorted(lines, key=_sku))
+            emitted.append(caused_by(event, InventoryReleased(order_id=order_id, items=items)))
+            logger.info(
+                "RELEASED order %s: %s",
+                order_id,
+                ", ".join(f"{line.sku} x{line.qty}" for line in items),
+            )
     return emitted
 
 

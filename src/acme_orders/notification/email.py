@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from acme_orders.database import Connection
 from acme_orders.events import Event, OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.observability.logs import event_log_context
 from acme_orders.orders import lock_orders
 from acme_orders.privacy import mask_email
 
@@ -63,7 +64,7 @@ async def send_notifications(events: Sequence[OrderOutcome], tx: Connection) -> 
     """Record each e-mail and "send" it: a log line, with the recipient masked. An order is told
     each outcome once, however often its event arrives."""
     await lock_orders(tx, (event.order_id for event in events))
-    emails = [(event.order_id, compose_email(event)) for event in events]
+    emails = [(event, compose_email(event)) for event in events]
     stored = {
         (row["order_id"], row["kind"])
         for row in await tx.fetch(
@@ -73,22 +74,24 @@ async def send_notifications(events: Sequence[OrderOutcome], tx: Connection) -> 
             ON CONFLICT (order_id, kind) DO NOTHING
             RETURNING order_id, kind
             """,
-            [order_id for order_id, _ in emails],
+            [event.order_id for event, _ in emails],
             [email.kind for _, email in emails],
             [email.recipient for _, email in emails],
             [email.subject for _, email in emails],
             [email.body for _, email in emails],
         )
     }
-    for order_id, email in emails:
-        if (order_id, email.kind) in stored:
-            stored.discard((order_id, email.kind))
-            logger.info(
-                "%s: e-mail sent to %s for order %s",
-                email.title,
-                mask_email(email.recipient),
-                order_id,
-            )
-        else:
-            logger.info("order %s was already told %s; not sending again", order_id, email.kind)
+    for event, email in emails:
+        order_id = event.order_id
+        with event_log_context(event):
+            if (order_id, email.kind) in stored:
+                stored.discard((order_id, email.kind))
+                logger.info(
+                    "%s: e-mail sent to %s for order %s",
+                    email.title,
+                    mask_email(email.recipient),
+                    order_id,
+                )
+            else:
+                logger.info("order %s was already told %s; not sending again", order_id, email.kind)
     return []

@@ -14,9 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from acme_orders import __version__
 from acme_orders.api_keys import ApiKeyCache
 from acme_orders.database import close_pool, create_pool
+from acme_orders.order_api.board import board
+from acme_orders.order_api.http_metrics import HttpMetrics, metrics
 from acme_orders.order_api.rate_limit import TokenBucketLimiter
+from acme_orders.order_api.request_context import RequestContext
 from acme_orders.order_api.routes import health, orders, products
 from acme_orders.order_api.store import PriceBook
+from acme_orders.order_api.timeline_routes import timeline
 from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -120,9 +124,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else None
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    # Outside the body limit, so that its 413s are timed and counted too.
+    app.add_middleware(HttpMetrics)
+    # Outermost: every response carries X-Request-ID, and every log line of the request (those
+    # of the middlewares inside included) its correlation id.
+    app.add_middleware(RequestContext)
     app.include_router(orders)
     app.include_router(products)
     app.include_router(health)
+    app.include_router(timeline)
+    app.include_router(board)
+    app.include_router(metrics)
 
     for error in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error, database_unavailable)

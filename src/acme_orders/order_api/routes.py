@@ -9,7 +9,10 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 
+from acme_orders.observability.logs import log_context
+from acme_orders.observability.metrics import EVENTS_EMITTED
 from acme_orders.order_api import store
+from acme_orders.order_api.request_context import RequestId
 from acme_orders.order_api.schemas import (
     Health,
     OrderOut,
@@ -42,6 +45,8 @@ async def get_price_book(request: Request) -> store.PriceBook:
 Prices = Annotated[store.PriceBook, Depends(get_price_book)]
 
 orders = APIRouter(prefix="/orders", tags=["orders"])
+# Each new order writes one OrderPlaced to the outbox, in its transaction.
+ORDER_PLACED_EMITTED = EVENTS_EMITTED.labels("api", "OrderPlaced")
 products = APIRouter(prefix="/products", tags=["products"])
 health = APIRouter(prefix="/health", tags=["health"])
 
@@ -124,13 +129,16 @@ async def place_order(
     prices: Prices,
     response: Response,
     caller: OrderPlacer,
+    request_id: RequestId,
     idempotency_key: IdempotencyKey = None,
 ) -> OrderOut:
     """Accept an order: it is stored as `pending` with its OrderPlaced event in one transaction,
     and moves on through inventory, payment and notification on its own. Needs an orders:write
     key; the order belongs to that key."""
     try:
-        placed = await store.place_order(pool, prices, body, idempotency_key, owner=caller.owner)
+        placed = await store.place_order(
+            pool, prices, body, idempotency_key, owner=caller.owner, correlation_id=request_id
+        )
     except (store.UnknownSkuError, store.IdempotencyKeyReusedError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     except store.PricesChangedError as exc:
@@ -143,15 +151,18 @@ async def place_order(
     response.headers["Location"] = f"/orders/{order.id}"
     if placed.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-        logger.info("order %s returned again for its Idempotency-Key", order.id)
+        with log_context(order_id=order.id):
+            logger.info("order %s returned again for its Idempotency-Key", order.id)
     else:
-        logger.info(
-            "order %s placed by %s%s: %s",
-            order.id,
-            mask_emails_in(order.customer_id),
-            f" with key {caller.key.name}" if caller.key else "",
-            ", ".join(f"{line.sku} x{line.qty}" for line in order.items),
-        )
+        ORDER_PLACED_EMITTED.inc()
+        with log_context(order_id=order.id):
+            logger.info(
+                "order %s placed by %s%s: %s",
+                order.id,
+                mask_emails_in(order.customer_id),
+                f" with key {caller.key.name}" if caller.key else "",
+                ", ".join(f"{line.sku} x{line.qty}" for line in order.items),
+            )
     return order
 
 

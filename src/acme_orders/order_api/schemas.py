@@ -123,3 +123,55 @@ class Problem(BaseModel):
             "per problem (`loc`, `msg`, `type`)."
         )
     )
+
+
+class EventHandling(BaseModel):
+    """A service that consumes the event: when it handled it, if it has."""
+
+    service: str
+    queue: str | None = Field(
+        description="The queue it reads the event from; null for a service that handled the "
+        "event although none of its queues is bound to the routing key any more."
+    )
+    processed_at: datetime | None = Field(
+        description="When its transaction recorded the event (processed_events); null: not yet."
+    )
+
+
+class OrderEventOut(BaseModel):
+    """One event of an order, from the outbox."""
+
+    event_id: UUID
+    event_type: str
+    routing_key: str
+    emitted_by: str | None = Field(
+        description="The service that emitted it (wrote it to the outbox); null for an event "
+        "type this version does not know."
+    )
+    occurred_at: datetime = Field(description="When it happened, by its emitter's clock.")
+    recorded_at: datetime = Field(description="When its outbox row was written.")
+    published_at: datetime | None = Field(
+        description="When the publisher recorded the broker's confirm; null while it waits in "
+        "the outbox. A consumer may have handled it a moment before."
+    )
+    handled_by: list[EventHandling] = Field(
+        description="Each service subscribed to its routing key, and any other that handled it."
+    )
+    correlation_id: str | None = Field(
+        description="The id the order's story carries from the request that placed it, if the "
+        "emitter recorded one."
+    )
+    causation_id: UUID | None = Field(
+        description="The event whose handling emitted this one; null for OrderPlaced (and for "
+        "events that predate the field)."
+    )
+
+
+class OrderTimeline(BaseModel):
+    order_id: UUID
+    status: OrderStatus
+    placed_at: datetime
+    events: list[OrderEventOut] = Field(
+        description="In causal order. Empty once the outbox rows were purged (OUTBOX_RETENTION "
+        "after publishing)."
+    )

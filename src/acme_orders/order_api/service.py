@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from acme_orders.observability.tracing import configure_tracing
 from acme_orders.runtime import configure_logging
 from acme_orders.settings import get_settings
 
@@ -12,7 +13,8 @@ SERVICE = "api"
 
 def run() -> None:
     settings = get_settings()
-    configure_logging(SERVICE, settings.log_level)
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    configure_tracing(SERVICE, settings)
     # uvicorn handles SIGTERM itself: it stops accepting, finishes in-flight requests, then runs
     # the lifespan's shutdown, which closes the pool.
     uvicorn.run(

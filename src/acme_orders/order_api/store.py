@@ -14,6 +14,7 @@ from uuid import UUID
 import asyncpg
 
 from acme_orders.events import OrderLine, OrderPlaced
+from acme_orders.observability import tracing
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
 from acme_orders.orders import OrderStatus
 
@@ -85,9 +86,11 @@ async def place_order(
     request: PlaceOrder,
     idempotency_key: str | None = None,
     owner: int | None = None,
+    correlation_id: str | None = None,
 ) -> PlacedOrder:
     """Store the order, its lines at today's prices, and its OrderPlaced event, atomically; the
-    order belongs to the API key `owner` (None: placed without a key).
+    order belongs to the API key `owner` (None: placed without a key). The event carries
+    `correlation_id` (the request's id), and every later event of the order carries it on.
 
     With an Idempotency-Key, a retry of the same request returns the order the first one made,
     and a different request with the same key is refused."""
@@ -103,7 +106,7 @@ async def place_order(
             return PlacedOrder(earlier, replayed=True)
     try:
         order = await _insert_order_retrying(
-            pool, price_book, request, idempotency_key, request_hash, owner
+            pool, price_book, request, idempotency_key, request_hash, owner, correlation_id
         )
     except _KeyTakenMeanwhileError:
         assert idempotency_key is not None
@@ -131,6 +134,7 @@ async def _insert_order_retrying(
     idempotency_key: str | None,
     request_hash: str,
     owner: int | None,
+    correlation_id: str | None,
 ) -> OrderOut:
     """The database may pick the insert as a deadlock or serialization victim, or a price may have
     changed since the price book read it; nothing was stored then, so it is simply run again (with
@@ -139,7 +143,14 @@ async def _insert_order_retrying(
     for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
         try:
             return await _insert_order(
-                pool, price_book, request, idempotency_key, request_hash, owner, reload_prices
+                pool,
+                price_book,
+                request,
+                idempotency_key,
+                request_hash,
+                owner,
+                correlation_id,
+                reload_prices,
             )
         except PricesChangedError:
             if attempt == TRANSIENT_ATTEMPTS:
@@ -158,7 +169,7 @@ async def _insert_order_retrying(
 # ($12), nothing else is stored unless this statement claimed it: a concurrent request with the
 # same key waits here until the first commits, then finds the key taken. The one row returned says
 # whether the prices were current, and holds the order if it was stored. The outbox columns are
-# those of outbox.add_to_outbox.
+# those of outbox.add_to_outbox; the event's trace context ($15) is NULL when not tracing.
 PLACE_ORDER = f"""
 WITH current_prices AS (
     SELECT count(*) = cardinality($5::text[]) AS ok
@@ -180,8 +191,8 @@ WITH current_prices AS (
     INSERT INTO order_items (order_id, sku, qty, unit_price)
     SELECT $1, line.* FROM go, unnest($5::text[], $6::int[], $7::numeric[]) AS line WHERE go.ok
 ), new_event AS (
-    INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload)
-    SELECT $8, $9, $10, $1, $11::jsonb FROM go WHERE go.ok
+    INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload, trace_context)
+    SELECT $8, $9, $10, $1, $11::jsonb, $15::jsonb FROM go WHERE go.ok
 )
 SELECT current_prices.ok AS prices_current, new_order.*
 FROM current_prices LEFT JOIN new_order ON true
@@ -195,6 +206,7 @@ async def _insert_order(
     idempotency_key: str | None,
     request_hash: str,
     owner: int | None,
+    correlation_id: str | None,
     reload_prices: bool,
 ) -> OrderOut:
     # Sorted, so that the foreign-key locks on products are taken in one order by everyone.
@@ -214,6 +226,7 @@ async def _insert_order(
         email=request.email,
         items=tuple(lines),
         total=total,
+        correlation_id=correlation_id,
     )
     row = await pool.fetchrow(
         PLACE_ORDER,
@@ -231,6 +244,8 @@ async def _insert_order(
         idempotency_key,
         request_hash,
         owner,
+        # The request's span, when tracing: publishing the event continues its trace.
+        tracing.current_trace_context(),
     )
     assert row is not None
     if not row["prices_current"]:

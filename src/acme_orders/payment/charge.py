@@ -9,7 +9,14 @@ from collections.abc import Callable, Sequence
 from uuid import UUID
 
 from acme_orders.database import Connection
-from acme_orders.events import Event, InventoryReserved, PaymentCompleted, PaymentFailed
+from acme_orders.events import (
+    Event,
+    InventoryReserved,
+    PaymentCompleted,
+    PaymentFailed,
+    caused_by,
+)
+from acme_orders.observability.logs import event_log_context
 from acme_orders.orders import OrderStatus, lock_orders, set_order_statuses
 
 logger = logging.getLogger(__name__)
@@ -34,35 +41,42 @@ async def charge_orders(
     decided: dict[UUID, OrderStatus] = {}
     emitted: list[Event] = []
     for event in events:
-        status = decided.get(event.order_id, statuses[event.order_id])
-        if status is not OrderStatus.RESERVED:
-            logger.info("order %s is already %s; nothing to charge", event.order_id, status)
-            continue
-        if gateway(event):
-            decided[event.order_id] = OrderStatus.PAID
-            emitted.append(
-                PaymentCompleted(
-                    order_id=event.order_id,
-                    customer_id=event.customer_id,
-                    email=event.email,
-                    amount=event.total,
-                    payment_id=uuid.uuid4(),
+        with event_log_context(event):
+            status = decided.get(event.order_id, statuses[event.order_id])
+            if status is not OrderStatus.RESERVED:
+                logger.info("order %s is already %s; nothing to charge", event.order_id, status)
+                continue
+            if gateway(event):
+                decided[event.order_id] = OrderStatus.PAID
+                emitted.append(
+                    caused_by(
+                        event,
+                        PaymentCompleted(
+                            order_id=event.order_id,
+                            customer_id=event.customer_id,
+                            email=event.email,
+                            amount=event.total,
+                            payment_id=uuid.uuid4(),
+                        ),
+                    )
                 )
-            )
-            logger.info("COMPLETED payment of %s for order %s", event.total, event.order_id)
-        else:
-            decided[event.order_id] = OrderStatus.PAYMENT_FAILED
-            emitted.append(
-                PaymentFailed(
-                    order_id=event.order_id,
-                    customer_id=event.customer_id,
-                    email=event.email,
-                    amount=event.total,
-                    reason="card declined",
+                logger.info("COMPLETED payment of %s for order %s", event.total, event.order_id)
+            else:
+                decided[event.order_id] = OrderStatus.PAYMENT_FAILED
+                emitted.append(
+                    caused_by(
+                        event,
+                        PaymentFailed(
+                            order_id=event.order_id,
+                            customer_id=event.customer_id,
+                            email=event.email,
+                            amount=event.total,
+                            reason="card declined",
+                        ),
+                    )
                 )
-            )
-            logger.info(
-                "FAILED payment of %s for order %s: card declined", event.total, event.order_id
-            )
+                logger.info(
+                    "FAILED payment of %s for order %s: card declined", event.total, event.order_id
+                )
     await set_order_statuses(tx, decided)
     return emitted

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 
 import asyncpg
 from aio_pika.abc import AbstractExchange
 
 from acme_orders.messaging import outbox_message
+from acme_orders.observability import tracing
+from acme_orders.observability.metrics import record_relayed
 from acme_orders.outbox import claim_new_events, mark_sent
 from acme_orders.runtime import retry_until_ready, wait_any
 from acme_orders.settings import Settings
@@ -30,26 +33,29 @@ CONFIRM_TIMEOUT = 30.0
 
 async def relay_outbox_batch(pool: asyncpg.Pool, exchange: AbstractExchange, limit: int) -> int:
     """Publish up to `limit` NEW events, oldest first; returns how many were relayed."""
+    started = time.perf_counter()
     async with pool.acquire() as conn, conn.transaction():
         rows = await claim_new_events(conn, limit)
         if not rows:
             return 0
         # All in flight at once, settled by their confirms. They leave in id order: each publish
         # is queued on the channel in the order the tasks start, which is the order given here.
-        await asyncio.gather(
-            *(
-                exchange.publish(
-                    outbox_message(row),
-                    routing_key=row.routing_key,
-                    # An event nobody subscribes to yet (inventory.released) is dropped, not
-                    # returned: that is pub/sub, not an error.
-                    mandatory=False,
-                    timeout=CONFIRM_TIMEOUT,
+        with tracing.publishing(rows) as trace_headers:
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        outbox_message(row, headers),
+                        routing_key=row.routing_key,
+                        # An event nobody subscribes to yet (inventory.released) is dropped, not
+                        # returned: that is pub/sub, not an error.
+                        mandatory=False,
+                        timeout=CONFIRM_TIMEOUT,
+                    )
+                    for row, headers in zip(rows, trace_headers, strict=True)
                 )
-                for row in rows
             )
-        )
         await mark_sent(conn, [row.id for row in rows])
+    record_relayed([row.event_type for row in rows], time.perf_counter() - started)
     counts = Counter(row.routing_key for row in rows)
     logger.info(
         "relayed %d events (%s)",
