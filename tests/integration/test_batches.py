@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 from uuid import UUID, uuid4
 
 import aio_pika
 import asyncpg
 import pytest
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from acme_orders import consumer as consumer_module
-from acme_orders.consumer import Consumer, ConsumerRunner, Route
+from acme_orders.consumer import Consumer, ConsumerRunner, Handler, Route
 from acme_orders.database import Connection
 from acme_orders.events import (
     EXCHANGE,
@@ -231,27 +234,29 @@ async def test_a_batch_sends_each_order_each_e_mail_once(pool: asyncpg.Pool) -> 
     )
 
 
-async def test_an_event_that_spoils_a_batch_is_dead_lettered_alone(
-    settings: Settings, pool: asyncpg.Pool
-) -> None:
+@dataclass
+class Delivered:
+    """Events published to a queue of the test's own and taken off it, unacked, as one batch
+    for a ConsumerRunner to process."""
+
+    channel: AbstractChannel
+    queue: AbstractQueue
+    runner: ConsumerRunner
+    batch: list[AbstractIncomingMessage]
+
+
+@asynccontextmanager
+async def delivered(
+    settings: Settings, pool: asyncpg.Pool, events: Sequence[OrderPlaced], handler: Handler[Any]
+) -> AsyncIterator[Delivered]:
     key = f"test.{secrets.token_hex(4)}"
     spec = QueueSpec(f"testsvc.{key}", (key,))
-    bad = placed(uuid4(), {"X": 1})
-    good = [placed(uuid4(), {"X": 1}) for _ in range(5)]
-    batches: list[int] = []
-
-    async def handler(events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
-        batches.append(len(events))
-        if any(e.event_id == bad.event_id for e in events):
-            raise UnprocessableEventError("this one never succeeds")
-        return []
-
     connection = await aio_pika.connect_robust(settings.rabbitmq_url)
     async with connection:
         channel: AbstractChannel = await connection.channel(publisher_confirms=True)
         queue = await declare_queue(channel, spec)
         exchange = await channel.get_exchange(EXCHANGE)
-        for event in [good[0], good[1], bad, *good[2:]]:
+        for event in events:
             await exchange.publish(
                 aio_pika.Message(event.model_dump_json().encode(), message_id=str(event.event_id)),
                 routing_key=key,
@@ -263,13 +268,29 @@ async def test_an_event_that_spoils_a_batch_is_dead_lettered_alone(
             asyncio.Event(),
             max_batch=32,
         )
-        batch = [await queue.get(no_ack=False) for _ in range(6)]
+        batch = [await queue.get(no_ack=False) for _ in events]
+        yield Delivered(channel, queue, runner, batch)
 
-        await runner.process(batch)
 
-        dlq = await channel.get_queue(spec.dead_letter_queue)
+async def test_an_event_that_spoils_a_batch_is_dead_lettered_alone(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    bad = placed(uuid4(), {"X": 1})
+    good = [placed(uuid4(), {"X": 1}) for _ in range(5)]
+    batches: list[int] = []
+
+    async def handler(events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
+        batches.append(len(events))
+        if any(e.event_id == bad.event_id for e in events):
+            raise UnprocessableEventError("this one never succeeds")
+        return []
+
+    async with delivered(settings, pool, [good[0], good[1], bad, *good[2:]], handler) as d:
+        await d.runner.process(d.batch)
+
+        dlq = await d.channel.get_queue(f"{d.queue.name}.dlq")
         parked = await dlq.get(no_ack=True)
-        left = await channel.declare_queue(spec.name, passive=True)
+        left = await d.channel.declare_queue(d.queue.name, passive=True)
 
     # One batch of six spoilt by the bad event, then each event alone.
     assert batches == [6, 1, 1, 1, 1, 1, 1]
@@ -294,8 +315,6 @@ async def test_a_message_waiting_for_its_requeue_is_not_acked_with_its_batch(
     settings: Settings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(consumer_module, "RETRY_PAUSE_MAX", 0.01)
-    key = f"test.{secrets.token_hex(4)}"
-    spec = QueueSpec(f"testsvc.{key}", (key,))
     flaky, *good = [placed(uuid4(), {"X": 1}) for _ in range(3)]
 
     async def handler(events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
@@ -303,34 +322,16 @@ async def test_a_message_waiting_for_its_requeue_is_not_acked_with_its_batch(
             raise RuntimeError("a passing failure")
         return []
 
-    connection = await aio_pika.connect_robust(settings.rabbitmq_url)
-    async with connection:
-        channel: AbstractChannel = await connection.channel(publisher_confirms=True)
-        queue = await declare_queue(channel, spec)
-        exchange = await channel.get_exchange(EXCHANGE)
-        # The flaky one first: the batch's last message is good, and a multiple-ack of it would
-        # take the flaky one too.
-        for event in [flaky, *good]:
-            await exchange.publish(
-                aio_pika.Message(event.model_dump_json().encode(), message_id=str(event.event_id)),
-                routing_key=key,
-            )
-        runner = ConsumerRunner(
-            Consumer("testsvc", spec, [Route(OrderPlaced, handler)]),
-            pool,
-            await declare_dead_letter_exchange(channel),
-            asyncio.Event(),
-            max_batch=32,
-        )
-        batch = [await queue.get(no_ack=False) for _ in range(3)]
-
-        await runner.process(batch)
-        await runner.drained()
+    # The flaky one first: the batch's last message is good, and a multiple-ack of it would take
+    # the flaky one too.
+    async with delivered(settings, pool, [flaky, *good], handler) as d:
+        await d.runner.process(d.batch)
+        await d.runner.drained()
 
         back = await wait_until(
-            lambda: queue.get(no_ack=True, fail=False), what="the flaky message requeued"
+            lambda: d.queue.get(no_ack=True, fail=False), what="the flaky message requeued"
         )
-        rest = await queue.get(no_ack=True, fail=False)
+        rest = await d.queue.get(no_ack=True, fail=False)
 
     assert back.message_id == str(flaky.event_id)
     assert back.redelivered

@@ -104,10 +104,9 @@ async def place_order(
         earlier = await _order_for_key(pool, idempotency_key, request_hash)
         if earlier is not None:
             return PlacedOrder(earlier, replayed=True)
+    placement = _Placement(request, idempotency_key, request_hash, owner, correlation_id)
     try:
-        order = await _insert_order_retrying(
-            pool, price_book, request, idempotency_key, request_hash, owner, correlation_id
-        )
+        order = await _insert_order_retrying(pool, price_book, placement)
     except _KeyTakenMeanwhileError:
         assert idempotency_key is not None
         earlier = await _order_for_key(pool, idempotency_key, request_hash)
@@ -127,14 +126,19 @@ async def _order_for_key(pool: asyncpg.Pool, key: str, request_hash: str) -> Ord
     return await get_order(pool, row["order_id"])
 
 
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """What one POST /orders asks to store, beyond its prices."""
+
+    request: PlaceOrder
+    idempotency_key: str | None
+    request_hash: str
+    owner: int | None
+    correlation_id: str | None
+
+
 async def _insert_order_retrying(
-    pool: asyncpg.Pool,
-    price_book: PriceBook,
-    request: PlaceOrder,
-    idempotency_key: str | None,
-    request_hash: str,
-    owner: int | None,
-    correlation_id: str | None,
+    pool: asyncpg.Pool, price_book: PriceBook, placement: _Placement
 ) -> OrderOut:
     """The database may pick the insert as a deadlock or serialization victim, or a price may have
     changed since the price book read it; nothing was stored then, so it is simply run again (with
@@ -142,16 +146,7 @@ async def _insert_order_retrying(
     reload_prices = False
     for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
         try:
-            return await _insert_order(
-                pool,
-                price_book,
-                request,
-                idempotency_key,
-                request_hash,
-                owner,
-                correlation_id,
-                reload_prices,
-            )
+            return await _insert_order(pool, price_book, placement, reload_prices)
         except PricesChangedError:
             if attempt == TRANSIENT_ATTEMPTS:
                 raise
@@ -200,15 +195,9 @@ FROM current_prices LEFT JOIN new_order ON true
 
 
 async def _insert_order(
-    pool: asyncpg.Pool,
-    price_book: PriceBook,
-    request: PlaceOrder,
-    idempotency_key: str | None,
-    request_hash: str,
-    owner: int | None,
-    correlation_id: str | None,
-    reload_prices: bool,
+    pool: asyncpg.Pool, price_book: PriceBook, placement: _Placement, reload_prices: bool
 ) -> OrderOut:
+    request = placement.request
     # Sorted, so that the foreign-key locks on products are taken in one order by everyone.
     lines_in = sorted(request.items, key=lambda line: line.sku)
     skus = [line.sku for line in lines_in]
@@ -226,7 +215,7 @@ async def _insert_order(
         email=request.email,
         items=tuple(lines),
         total=total,
-        correlation_id=correlation_id,
+        correlation_id=placement.correlation_id,
     )
     row = await pool.fetchrow(
         PLACE_ORDER,
@@ -241,9 +230,9 @@ async def _insert_order(
         event.event_type,
         event.routing_key,
         event.model_dump_json(),
-        idempotency_key,
-        request_hash,
-        owner,
+        placement.idempotency_key,
+        placement.request_hash,
+        placement.owner,
         # The request's span, when tracing: publishing the event continues its trace.
         tracing.current_trace_context(),
     )
