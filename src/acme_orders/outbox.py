@@ -57,39 +57,43 @@ class OutboxRow:
     trace_context: dict[str, str] | None = None
 
 
-async def claim_new_events(tx: Connection, limit: int) -> list[OutboxRow]:
-    """Lock up to `limit` NEW rows, oldest first, for this transaction. SKIP LOCKED lets other
-    publishers claim the rows after these instead of waiting for them."""
+async def claim_for_publishing(tx: Connection, limit: int) -> list[OutboxRow]:
+    """Take up to `limit` NEW rows, oldest first, and mark them SENT in this transaction, in one
+    statement: the caller publishes them and commits only once the broker confirmed them all, so
+    a publish that fails, or a publisher that dies, rolls the rows back to NEW. SKIP LOCKED lets
+    other publishers take the rows after these instead of waiting for them. `published_at` is the
+    time of the claim, a moment before the publish it is committed with."""
     records = await tx.fetch(
         """
-        SELECT id, event_id, event_type, routing_key, payload::text AS payload,
-               trace_context::text AS trace_context
-        FROM event_outbox
-        WHERE status = 'NEW'
-        ORDER BY id
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
+        UPDATE event_outbox SET status = 'SENT', published_at = clock_timestamp()
+        WHERE id IN (
+            SELECT id FROM event_outbox
+            WHERE status = 'NEW'
+            ORDER BY id
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id, event_id, event_type, routing_key, payload::text AS payload,
+                  trace_context::text AS trace_context
         """,
         limit,
     )
-    return [
-        OutboxRow(
-            r["id"],
-            r["event_id"],
-            r["event_type"],
-            r["routing_key"],
-            r["payload"].encode(),
-            orjson.loads(r["trace_context"]) if r["trace_context"] is not None else None,
-        )
-        for r in records
-    ]
-
-
-async def mark_sent(tx: Connection, ids: Sequence[int]) -> None:
-    await tx.execute(
-        """
-        UPDATE event_outbox SET status = 'SENT', published_at = clock_timestamp()
-        WHERE id = ANY($1::bigint[])
-        """,
-        list(ids),
+    # RETURNING follows no particular order; events leave oldest first.
+    return sorted(
+        (
+            OutboxRow(
+                r["id"],
+                r["event_id"],
+                r["event_type"],
+                r["routing_key"],
+                r["payload"].encode(),
+                orjson.loads(r["trace_context"]) if r["trace_context"] is not None else None,
+            )
+            for r in records
+        ),
+        key=_outbox_id,
     )
+
+
+def _outbox_id(row: OutboxRow) -> int:
+    return row.id

@@ -24,7 +24,7 @@ from acme_orders.events import (
     caused_by,
 )
 from acme_orders.observability.logs import event_log_context
-from acme_orders.orders import OrderStatus, lock_orders, set_order_statuses
+from acme_orders.orders import OrderStatus, lock_orders
 
 logger = logging.getLogger(__name__)
 
@@ -104,19 +104,35 @@ async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequen
                 ", ".join(f"{sku} x{qty}" for sku, qty in wanted.items()),
             )
 
-    if taken:
-        await _add_stock(tx, {sku: -qty for sku, qty in taken.items()})
-        await tx.execute(
-            """
-            INSERT INTO stock_reservations (order_id, sku, qty)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[])
-            """,
-            [order_id for order_id, _, _ in reservations],
-            [sku for _, sku, _ in reservations],
-            [qty for _, _, qty in reservations],
-        )
-    await set_order_statuses(tx, decided)
+    await tx.execute(
+        RECORD_RESERVATIONS,
+        list(taken),
+        list(taken.values()),
+        [order_id for order_id, _, _ in reservations],
+        [sku for _, sku, _ in reservations],
+        [qty for _, _, qty in reservations],
+        list(decided),
+        [status.value for status in decided.values()],
+    )
     return emitted
+
+
+# The batch's decisions in one statement, one round trip: stock taken from the products (whose
+# rows this transaction locked), what each order took, and every order's new status (as
+# orders.set_order_statuses writes it; the trigger still refuses an illegal transition).
+RECORD_RESERVATIONS = """
+WITH stock AS (
+    UPDATE products AS p SET stock_qty = p.stock_qty - taken.qty
+    FROM unnest($1::text[], $2::int[]) AS taken (sku, qty)
+    WHERE p.sku = taken.sku
+), reserved AS (
+    INSERT INTO stock_reservations (order_id, sku, qty)
+    SELECT * FROM unnest($3::uuid[], $4::text[], $5::int[])
+)
+UPDATE orders AS o SET status = decided.status
+FROM unnest($6::uuid[], $7::text[]) AS decided (id, status)
+WHERE o.id = decided.id
+"""
 
 
 async def release_stock(events: Sequence[PaymentFailed], tx: Connection) -> Sequence[Event]:

@@ -1,7 +1,9 @@
 """The outbox relay: NEW rows go to `acme.events`, and become SENT once the broker confirmed them.
 
-A batch is claimed with FOR UPDATE SKIP LOCKED inside a transaction that stays open while its
-messages are published: a publisher that dies mid-batch leaves its rows NEW for the next one (which
+A batch is claimed and marked SENT by one statement (FOR UPDATE SKIP LOCKED) in a transaction that
+stays open while its messages are published and commits only once the broker confirmed them all: a
+publish that fails rolls the batch back to NEW, a publisher that dies mid-batch leaves its rows NEW
+for the next one (which
 publishes them again with the same event_id; consumers ignore what they have already handled), and
 several publishers share the work without ever holding the same row.
 """
@@ -19,7 +21,7 @@ from aio_pika.abc import AbstractExchange
 from acme_orders.messaging import outbox_message
 from acme_orders.observability import tracing
 from acme_orders.observability.metrics import record_relayed
-from acme_orders.outbox import claim_new_events, mark_sent
+from acme_orders.outbox import claim_for_publishing
 from acme_orders.runtime import retry_until_ready, wait_any
 from acme_orders.settings import Settings
 
@@ -35,7 +37,7 @@ async def relay_outbox_batch(pool: asyncpg.Pool, exchange: AbstractExchange, lim
     """Publish up to `limit` NEW events, oldest first; returns how many were relayed."""
     started = time.perf_counter()
     async with pool.acquire() as conn, conn.transaction():
-        rows = await claim_new_events(conn, limit)
+        rows = await claim_for_publishing(conn, limit)
         if not rows:
             return 0
         # All in flight at once, settled by their confirms. They leave in id order: each publish
@@ -54,7 +56,6 @@ async def relay_outbox_batch(pool: asyncpg.Pool, exchange: AbstractExchange, lim
                     for row, headers in zip(rows, trace_headers, strict=True)
                 )
             )
-        await mark_sent(conn, [row.id for row in rows])
     record_relayed([row.event_type for row in rows], time.perf_counter() - started)
     counts = Counter(row.routing_key for row in rows)
     logger.info(
