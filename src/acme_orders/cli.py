@@ -20,7 +20,16 @@ from uuid import UUID
 import asyncpg
 from aio_pika.exceptions import AMQPError
 
-from acme_orders import api_keys, database, dead_letters, housekeeping, messaging, privacy, timeline
+from acme_orders import (
+    api_keys,
+    catalogue,
+    database,
+    dead_letters,
+    housekeeping,
+    messaging,
+    privacy,
+    timeline,
+)
 from acme_orders.inventory import service as inventory
 from acme_orders.notification import service as notification
 from acme_orders.order_api import service as order_api
@@ -38,7 +47,8 @@ WORKERS: dict[str, ServiceMain] = {
     notification.SERVICE: notification.main,
 }
 SERVICES = (order_api.SERVICE, *WORKERS)
-CONSUMER_QUEUES = [*inventory.QUEUES, *payment.QUEUES, *notification.QUEUES]
+# Every consumer queue, from the one list the timeline, the board and asyncapi.yaml read too.
+CONSUMER_QUEUES = list(catalogue.QUEUES)
 
 
 def migrate() -> int:

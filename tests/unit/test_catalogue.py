@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from acme_orders import catalogue
-from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.cli import CONSUMER_QUEUES, WORKERS
 from acme_orders.events import (
     EVENT_TYPES,
     Event,
@@ -77,8 +77,16 @@ def test_every_event_type_has_a_publisher_and_nothing_else_does() -> None:
     assert catalogue.publisher_of("SomethingElseHappened") is None
 
 
-def test_the_catalogue_knows_every_consumer_queue_the_system_declares() -> None:
-    assert list(catalogue.QUEUES) == CONSUMER_QUEUES
+def test_the_catalogue_knows_the_queues_of_every_consumer_the_cli_runs() -> None:
+    consumers = [service for service in WORKERS if service != "publisher"]
+
+    assert list(catalogue.CONSUMER_SERVICES) == consumers
+    assert [spec.name for spec in CONSUMER_QUEUES] == [
+        "inventory.order.placed",
+        "inventory.payment.failed",
+        "payment.inventory.reserved",
+        "notification.order.outcome",
+    ]
 
 
 def test_a_subscription_names_the_queue_the_event_arrives_on() -> None:
