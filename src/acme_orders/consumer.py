@@ -221,7 +221,7 @@ class ConsumerRunner:
         while True:
             try:
                 started = time.perf_counter()
-                first_time = await self.handle_once(deliveries)
+                handled, duplicates = await self.handle_once(deliveries)
                 self.metrics.handler_seconds.observe(time.perf_counter() - started)
                 break
             except TRANSIENT_DB_ERRORS as exc:
@@ -250,19 +250,15 @@ class ConsumerRunner:
                     self.retry_later(deliveries[0], exc)
                 return
 
-        self.metrics.settled([delivery.event for delivery in deliveries], first_time)
-        for delivery in deliveries:
-            event = delivery.event
-            if event.event_id in first_time:
-                first_time.discard(event.event_id)
-            else:
-                with event_log_context(event):
-                    logger.info(
-                        "duplicate %s %s for order %s ignored",
-                        event.event_type,
-                        event.event_id,
-                        event.order_id,
-                    )
+        self.metrics.settled(handled, duplicates)
+        for event in duplicates:
+            with event_log_context(event):
+                logger.info(
+                    "duplicate %s %s for order %s ignored",
+                    event.event_type,
+                    event.event_id,
+                    event.order_id,
+                )
         # Ack only now that the transaction has committed: a crash before this line redelivers
         # the messages, and processed_events turns the redelivery into a no-op.
         await self.ack(delivery.message for delivery in deliveries)
@@ -296,9 +292,10 @@ class ConsumerRunner:
         # a requeue, or was given back unsettled; a multiple-ack would take the last two too.
         return not self.requeues and not self.gave_back
 
-    async def handle_once(self, deliveries: Sequence[Delivery]) -> set[UUID]:
-        """Handle the batch in one transaction; returns the ids of the events this service had
-        not handled before (the others, and repeats within the batch, change nothing)."""
+    async def handle_once(self, deliveries: Sequence[Delivery]) -> tuple[list[Event], list[Event]]:
+        """Handle the batch in one transaction; returns the events handled, and the duplicates:
+        those this service had handled before, and repeats within the batch, which change
+        nothing."""
         event_ids = sorted({d.event.event_id for d in deliveries})
         async with (
             tracing.handling(self.consumer.queue.name, deliveries) as spans,
@@ -320,11 +317,15 @@ class ConsumerRunner:
                 )
             }
             by_handler: dict[Handler[Any], list[Event]] = {}
-            unhandled = set(first_time)
+            handled: list[Event] = []
+            duplicates: list[Event] = []
             for delivery in deliveries:
-                if delivery.event.event_id in unhandled:
-                    unhandled.discard(delivery.event.event_id)
+                if delivery.event.event_id in first_time:
+                    first_time.discard(delivery.event.event_id)
+                    handled.append(delivery.event)
                     by_handler.setdefault(delivery.route.handler, []).append(delivery.event)
+                else:
+                    duplicates.append(delivery.event)
             emitted: list[Event] = []
             for handler, events in by_handler.items():
                 emitted.extend(await handler(events, conn))
@@ -333,7 +334,7 @@ class ConsumerRunner:
             await add_to_outbox(conn, emitted, spans.trace_contexts(emitted))
         # Committed: the events will be published.
         self.metrics.emitted(emitted)
-        return first_time
+        return handled, duplicates
 
     def retry_later(self, delivery: Delivery, error: Exception) -> None:
         message, event = delivery.message, delivery.event

@@ -11,11 +11,10 @@ publisher only (`export_publisher_metrics`), so that no other process shows them
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Literal, get_args
-from uuid import UUID
 
 import asyncpg
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -235,24 +234,22 @@ class ConsumerMetrics:
             )
         child.inc(count)
 
-    def settled(self, events: Sequence[Event], first_time: Set[UUID]) -> None:
-        """Count a committed batch: the events in `first_time` handled, the others (and repeats
-        of one event within the batch) duplicates."""
-        if len(first_time) == len(events) and self._only_event_type is not None:
-            # Every event new and distinct (first_time holds ids of the batch): the usual case.
-            self._consumed[(self._only_event_type, "handled")].inc(len(events))
+    def settled(self, handled: Sequence[Event], duplicates: Sequence[Event]) -> None:
+        """Count a committed batch: the events it handled, and its duplicates (handled before,
+        or repeated within the batch)."""
+        if not duplicates and self._only_event_type is not None:
+            # Every event new and distinct, on a queue of one event type: the usual case.
+            self._consumed[(self._only_event_type, "handled")].inc(len(handled))
             return
         counts: dict[tuple[str, Outcome], int] = {}
-        seen: set[UUID] = set()
-        for event in events:
-            outcome: Outcome = (
-                "handled"
-                if event.event_id in first_time and event.event_id not in seen
-                else "duplicate"
-            )
-            seen.add(event.event_id)
-            key = (event.event_type, outcome)
-            counts[key] = counts.get(key, 0) + 1
+        outcomes: tuple[tuple[Outcome, Sequence[Event]], ...] = (
+            ("handled", handled),
+            ("duplicate", duplicates),
+        )
+        for outcome, events in outcomes:
+            for event in events:
+                key = (event.event_type, outcome)
+                counts[key] = counts.get(key, 0) + 1
         for (event_type, outcome), count in counts.items():
             self.consumed(event_type, outcome, count)
 
