@@ -27,21 +27,20 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from importlib import resources
-from typing import Annotated, Any
+from typing import Any
 
 import aio_pika
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from acme_orders import catalogue
-from acme_orders.api_keys import Scope
 from acme_orders.database import Connection
 from acme_orders.order_api.routes import Pool
-from acme_orders.order_api.security import Caller, require_scope
+from acme_orders.order_api.security import Admin
 from acme_orders.orders import OrderStatus
 from acme_orders.privacy import mask_emails_in
 from acme_orders.settings import Settings
@@ -78,7 +77,6 @@ PAGE_HEADERS = {
 }
 
 board = APIRouter(prefix="/board", tags=["board"], include_in_schema=False)
-Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]
 
 
 @functools.cache

@@ -6,17 +6,16 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import REGISTRY, Histogram
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from acme_orders.api_keys import Scope as KeyScope
 from acme_orders.observability.metrics import HTTP_REQUEST_SECONDS
 from acme_orders.order_api.routes import problems
-from acme_orders.order_api.security import Caller, require_scope
+from acme_orders.order_api.security import Admin
 
 UNMATCHED_ROUTE: Final = "unmatched"
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -63,8 +62,6 @@ class HttpMetrics:
             child = self.children[key] = HTTP_REQUEST_SECONDS.labels(label, route, str(status))
         child.observe(seconds)
 
-
-Admin = Annotated[Caller, Depends(require_scope(KeyScope.ADMIN))]
 
 metrics = APIRouter(prefix="/metrics", tags=["metrics"])
 

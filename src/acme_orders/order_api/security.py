@@ -108,3 +108,5 @@ async def limit_order_rate(
 OrderPlacer = Annotated[Caller, Depends(limit_order_rate)]
 # Reads orders (an orders:write key only its own) and the catalogue.
 Reader = Annotated[Caller, Depends(require_scope(Scope.ORDERS_WRITE, Scope.ADMIN))]
+# The board and the API's metrics: what only an operator may see.
+Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]
