@@ -247,7 +247,13 @@ class Delivered:
 
 @asynccontextmanager
 async def delivered(
-    settings: Settings, pool: asyncpg.Pool, events: Sequence[OrderPlaced], handler: Handler[Any]
+    settings: Settings,
+    pool: asyncpg.Pool,
+    events: Sequence[OrderPlaced],
+    handler: Handler[Any],
+    *,
+    linger: float = 0.0,
+    max_batch: int = 32,
 ) -> AsyncIterator[Delivered]:
     key = f"test.{secrets.token_hex(4)}"
     spec = QueueSpec(f"testsvc.{key}", (key,))
@@ -262,11 +268,11 @@ async def delivered(
                 routing_key=key,
             )
         runner = ConsumerRunner(
-            Consumer("testsvc", spec, [Route(OrderPlaced, handler)]),
+            Consumer("testsvc", spec, [Route(OrderPlaced, handler)], linger=linger),
             pool,
             await declare_dead_letter_exchange(channel),
             asyncio.Event(),
-            max_batch=32,
+            max_batch=max_batch,
         )
         batch = [await queue.get(no_ack=False) for _ in events]
         yield Delivered(channel, queue, runner, batch)
@@ -337,3 +343,85 @@ async def test_a_message_waiting_for_its_requeue_is_not_acked_with_its_batch(
     assert back.redelivered
     assert rest is None
     assert await _processed(pool, good) == {e.event_id for e in good}
+
+
+@asynccontextmanager
+async def running(runner: ConsumerRunner) -> AsyncIterator[None]:
+    loop = asyncio.create_task(runner.run())
+    try:
+        yield
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+def recording(batches: list[list[UUID]]) -> Handler[OrderPlaced]:
+    async def handler(events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
+        batches.append([e.event_id for e in events])
+        return []
+
+    return handler
+
+
+async def test_a_lingering_consumer_handles_what_arrives_within_its_linger_as_one_batch(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    events = [placed(uuid4(), {"X": 1}) for _ in range(4)]
+    batches: list[list[UUID]] = []
+
+    async with delivered(settings, pool, events, recording(batches), linger=3.0) as d:
+        first, *rest = d.batch
+        async with running(d.runner):
+            await d.runner.on_message(first)
+            # The runner has begun a batch with the first message and lingers for more.
+            await wait_until(lambda: _async(d.runner.inbox.empty()), what="the first taken")
+            for message in rest:
+                await d.runner.on_message(message)
+            await wait_until(lambda: _async(batches), what="a batch handled")
+            await d.runner.drained()
+
+    assert batches == [[e.event_id for e in events]]
+    assert await _processed(pool, events) == {e.event_id for e in events}
+
+
+async def test_a_full_batch_does_not_wait_out_the_linger(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    events = [placed(uuid4(), {"X": 1}) for _ in range(4)]
+    batches: list[list[UUID]] = []
+
+    # A linger far longer than the wait below: only a full batch can end it in time.
+    async with delivered(
+        settings, pool, events, recording(batches), linger=600.0, max_batch=4
+    ) as d:
+        first, *rest = d.batch
+        async with running(d.runner):
+            await d.runner.on_message(first)
+            await wait_until(lambda: _async(d.runner.inbox.empty()), what="the first taken")
+            for message in rest:
+                await d.runner.on_message(message)
+            await wait_until(lambda: _async(batches), what="the full batch handled")
+
+    assert batches == [[e.event_id for e in events]]
+
+
+async def test_a_stop_cuts_a_linger_short(settings: Settings, pool: asyncpg.Pool) -> None:
+    event = placed(uuid4(), {"X": 1})
+    batches: list[list[UUID]] = []
+
+    async with (
+        delivered(settings, pool, [event], recording(batches), linger=600.0) as d,
+        running(d.runner),
+    ):
+        await d.runner.on_message(d.batch[0])
+        await wait_until(lambda: _async(d.runner.inbox.empty()), what="the message taken")
+        d.runner.stop.set()
+        # What a service does on SIGTERM: wait for the messages it holds to be settled.
+        await asyncio.wait_for(d.runner.drained(), timeout=15)
+
+    assert batches == [[event.event_id]]
+    assert await _processed(pool, [event]) == {event.event_id}
+
+
+async def _async(value: Any) -> Any:
+    return value

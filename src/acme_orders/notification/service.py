@@ -18,7 +18,7 @@ ORDER_OUTCOME_QUEUE = QueueSpec(
 QUEUES = (ORDER_OUTCOME_QUEUE,)
 
 
-def consumers() -> list[Consumer]:
+def consumers(linger: float = 0.0) -> list[Consumer]:
     return [
         Consumer(
             SERVICE,
@@ -28,9 +28,13 @@ def consumers() -> list[Consumer]:
                 Route(PaymentFailed, send_notifications),
                 Route(OrderOutOfStock, send_notifications),
             ],
+            # An e-mail is the end of an order's story, not a step the order waits for: lingering
+            # for larger batches costs the customer milliseconds and saves the pipeline's CPU.
+            linger=linger,
         )
     ]
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    await serve_consumers(settings, stop, SERVICE, consumers())
+    linger = settings.notification_linger_ms / 1000
+    await serve_consumers(settings, stop, SERVICE, consumers(linger))
