@@ -144,6 +144,7 @@ async def measure_drain(
             )
             if backlog == 0 or time.monotonic() > give_up:
                 break
+            meter.sample()
             await asyncio.sleep(POLL_INTERVAL)
         cpu = meter.end()
         rss_end = measure.rss_mib(pids)

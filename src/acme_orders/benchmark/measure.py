@@ -70,6 +70,8 @@ class Sampler:
     total_seconds: float
     # The service processes whose RSS is read with every sample.
     pids: dict[str, int] = field(default_factory=dict)
+    # Read with every sample too, once begun (see CpuMeter).
+    meter: CpuMeter | None = None
     samples: list[Progress] = field(default_factory=list)
 
     async def run(self, started: float) -> None:
@@ -81,6 +83,8 @@ class Sampler:
             await asyncio.sleep(max(0.0, started + tick - time.monotonic()))
             sample = await progress(self.pool, self.since, time.monotonic() - started)
             sample = replace(sample, rss_mib=rss_mib(self.pids))
+            if self.meter is not None:
+                self.meter.sample()
             self.samples.append(sample)
             line = (
                 f"{sample.at:5.0f}/{self.total_seconds:.0f}s  accepted {sample.accepted}  "
@@ -213,12 +217,15 @@ class CpuMeter:
 
     A group is a fixed list of pids (a service, wrk) or a process name looked up at each snapshot
     (PostgreSQL's backends come and go). A process that started between the snapshots counts from
-    zero; one that ended in between is missed (the system's pools keep their connections, so that
-    is rare)."""
+    zero. One that ended in between counts up to the last sample() that saw it: asyncpg replaces a
+    pool's connection after 50,000 queries, which under load is every minute or so, and the
+    backend that served it goes with its CPU time. Call sample() every second or so."""
 
     pids: dict[str, list[int]]
     names: dict[str, str]
     start: dict[str, CpuSnapshot] = field(default_factory=dict)
+    # The latest CPU seconds read of every process seen since begin(), ended ones included.
+    last_seen: dict[str, CpuSnapshot] = field(default_factory=dict)
     start_time: float = 0.0
     start_machine: float = 0.0
     elapsed: float = 0.0
@@ -246,13 +253,22 @@ class CpuMeter:
 
     def begin(self) -> None:
         self.start = self._snapshot()
+        self.last_seen = {group: dict(seconds) for group, seconds in self.start.items()}
         self.start_time = time.monotonic()
         self.start_machine = self._machine_busy()
+
+    def sample(self) -> None:
+        """Read every process's CPU time now, so that one ending before end() is not missed."""
+        if not self.start_time:
+            return
+        for group, seconds in self._snapshot().items():
+            self.last_seen.setdefault(group, {}).update(seconds)
 
     def end(self) -> dict[str, float]:
         """Percent of one core per group since begin(), and "machine": every core together
         (at most 100 times the number of cores)."""
-        end = self._snapshot()
+        self.sample()
+        end = self.last_seen
         elapsed = self.elapsed = time.monotonic() - self.start_time
         percents = {}
         for group, seconds in end.items():

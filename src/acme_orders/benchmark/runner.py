@@ -194,8 +194,6 @@ async def measure_pipeline(
         children_before = measure.children_cpu_seconds()
         wrk = await load.start_wrk(plan, script, skus)
         started = time.monotonic()
-        sampler = measure.Sampler(pool, run_start, plan.seconds, pids=dict(service_pids))
-        sampling = asyncio.create_task(sampler.run(started))
         meter = measure.CpuMeter(
             pids={
                 **{name: [pid] for name, pid in service_pids.items()},
@@ -205,6 +203,10 @@ async def measure_pipeline(
             },
             names=dict(measure.SERVER_PROCESS_NAMES),
         )
+        sampler = measure.Sampler(
+            pool, run_start, plan.seconds, pids=dict(service_pids), meter=meter
+        )
+        sampling = asyncio.create_task(sampler.run(started))
         try:
             # The warm-up, unless wrk ends (or fails) first.
             wrk_done = asyncio.create_task(load.finish_wrk(wrk))
