@@ -33,7 +33,8 @@ def test_a_process_that_ends_before_the_window_does_is_counted_to_its_last_sampl
     meter = CpuMeter(pids={"burner": [burner.pid]}, names={})
     meter.begin()
     give_up = time.monotonic() + 30
-    while cpu_seconds(burner.pid) < BURN_SECONDS:
+    # /proc counts in clock ticks (10 ms), so it may read a little under what the burner burnt.
+    while cpu_seconds(burner.pid) < BURN_SECONDS * 0.9:
         assert time.monotonic() < give_up, "the burner did not burn its CPU in 30 s"
         time.sleep(0.05)
     meter.sample()
