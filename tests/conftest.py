@@ -5,14 +5,17 @@ from __future__ import annotations
 import functools
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import aio_pika
 import asyncpg
+import httpx
 import pytest
 from aio_pika.abc import AbstractChannel
 
 from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.order_api.app import create_app
 from acme_orders.settings import Settings
 from tests.environment import (
     TestEnvironment,
@@ -23,6 +26,18 @@ from tests.environment import (
 from tests.processes import clear_output
 
 NewProduct = Callable[..., Awaitable[str]]
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of these settings, started (its lifespan run, so its pool is open) and called
+    in-process, without a server."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        yield client
 
 
 @pytest.fixture(scope="session", autouse=True)

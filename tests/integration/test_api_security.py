@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from acme_orders.api_keys import Scope, create_key, revoke_key
-from acme_orders.order_api.app import create_app
 from acme_orders.settings import Settings
-from tests.conftest import NewProduct
+from tests.conftest import NewProduct, api_client
 from tests.waiting import wait_until
 
 
@@ -23,11 +22,7 @@ from tests.waiting import wait_until
 async def running_api(settings: Settings, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
     """The API with auth on (whatever the environment says) and no rate limit, unless told."""
     update: dict[str, object] = {"auth_disabled": False, "rate_limit_orders_per_second": 0}
-    app = create_app(settings.model_copy(update=update | overrides))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    async with api_client(settings.model_copy(update=update | overrides)) as client:
         yield client
 
 

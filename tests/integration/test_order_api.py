@@ -12,9 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.order_api.app import create_app
 from acme_orders.settings import Settings
-from tests.conftest import NewProduct, stock_of
+from tests.conftest import NewProduct, api_client, stock_of
 
 # These tests are about orders, not about keys (test_api_security.py is): they call the API as the
 # quick start does, with no key and no rate limit.
@@ -23,11 +22,9 @@ OPEN_API = {"auth_disabled": True, "rate_limit_orders_per_second": 0}
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"max_request_bytes": 4096, **OPEN_API}))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    async with api_client(
+        settings.model_copy(update={"max_request_bytes": 4096, **OPEN_API})
+    ) as client:
         yield client
 
 
@@ -172,15 +169,11 @@ async def test_health_is_200_while_the_database_answers(api: httpx.AsyncClient) 
 
 
 async def test_health_is_503_when_the_database_does_not_answer(settings: Settings) -> None:
-    app = create_app(
+    async with api_client(
         settings.model_copy(
             update={"database_url": "postgresql://nobody@127.0.0.1:1/x", **OPEN_API}
         )
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    ) as client:
         health = await client.get("/health")
         placed = await client.post("/orders", json=order_body("TSHIRT-BLK-M"))
 

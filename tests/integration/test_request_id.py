@@ -12,16 +12,15 @@ import httpx
 import orjson
 import pytest
 
-from acme_orders.order_api.app import create_app
 from acme_orders.settings import Settings
-from tests.conftest import NewProduct
+from tests.conftest import NewProduct, api_client
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
+    async with api_client(
         settings.model_copy(
             update={
                 "auth_disabled": True,
@@ -29,11 +28,7 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
                 "max_request_bytes": 4096,
             }
         )
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    ) as client:
         yield client
 
 

@@ -17,9 +17,8 @@ import httpx
 import pytest
 
 from acme_orders.api_keys import hash_token
-from acme_orders.order_api.app import create_app
 from acme_orders.privacy import FORGOTTEN
-from tests.conftest import add_product
+from tests.conftest import add_product, api_client
 from tests.environment import TestEnvironment
 
 ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
@@ -41,11 +40,9 @@ async def acme_orders(env: TestEnvironment, *args: str) -> subprocess.CompletedP
 @pytest.fixture
 async def api(fresh_env: TestEnvironment) -> AsyncIterator[httpx.AsyncClient]:
     """The API with keys required, on the test's own database."""
-    app = create_app(fresh_env.settings(auth_disabled=False, rate_limit_orders_per_second=0))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    async with api_client(
+        fresh_env.settings(auth_disabled=False, rate_limit_orders_per_second=0)
+    ) as client:
         yield client
 
 
@@ -133,11 +130,7 @@ async def test_apikey_revoke_stops_the_key_and_says_so_and_an_unknown_name_fails
     assert unknown.stdout == ""
     assert "no API key is named 'never-made'" in unknown.stderr
     # A fresh app has no cached copy of the keys: it reads them now.
-    app = create_app(fresh_env.settings(auth_disabled=False))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as fresh,
-    ):
+    async with api_client(fresh_env.settings(auth_disabled=False)) as fresh:
         assert (await fresh.get("/products", headers=key)).status_code == 401
 
 

@@ -22,10 +22,9 @@ from aio_pika.abc import AbstractChannel
 
 from acme_orders.api_keys import Scope, create_key
 from acme_orders.inventory.service import ORDER_PLACED_QUEUE
-from acme_orders.order_api.app import create_app
 from acme_orders.order_api.board import Snapshots, snapshot_event
 from acme_orders.settings import Settings
-from tests.conftest import NewProduct, add_product
+from tests.conftest import NewProduct, add_product, api_client
 from tests.environment import TestEnvironment
 from tests.integration.test_operator_cli import acme_orders
 from tests.processes import free_port
@@ -33,13 +32,9 @@ from tests.processes import free_port
 
 @asynccontextmanager
 async def running_api(settings: Settings, *, auth: bool) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
+    async with api_client(
         settings.model_copy(update={"auth_disabled": not auth, "rate_limit_orders_per_second": 0})
-    )
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    ) as client:
         yield client
 
 

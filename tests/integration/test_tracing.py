@@ -25,8 +25,8 @@ from acme_orders.inventory.service import ORDER_PLACED_QUEUE
 from acme_orders.inventory.stock import reserve_stock
 from acme_orders.messaging import declare_dead_letter_exchange, declare_exchange
 from acme_orders.observability import tracing
-from acme_orders.order_api.app import create_app
 from acme_orders.publisher.relay import relay_outbox_batch
+from tests.conftest import api_client
 from tests.environment import TestEnvironment
 from tests.waiting import wait_until
 
@@ -57,11 +57,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 async def api(fresh_env: TestEnvironment) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(fresh_env.settings(auth_disabled=True, rate_limit_orders_per_second=0))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
-    ):
+    async with api_client(
+        fresh_env.settings(auth_disabled=True, rate_limit_orders_per_second=0)
+    ) as client:
         yield client
 
 
