@@ -355,6 +355,16 @@ async def running(runner: ConsumerRunner) -> AsyncIterator[None]:
         await asyncio.gather(loop, return_exceptions=True)
 
 
+async def hand_over(runner: ConsumerRunner, messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Give the runner its first message and wait until it has begun a batch with it (and, when
+    it lingers, waits for more); then give it the rest."""
+    first, *rest = messages
+    await runner.on_message(first)
+    await wait_until(lambda: _async(runner.inbox.empty()), what="the first message taken")
+    for message in rest:
+        await runner.on_message(message)
+
+
 def recording(batches: list[list[UUID]]) -> Handler[OrderPlaced]:
     async def handler(events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
         batches.append([e.event_id for e in events])
@@ -369,16 +379,13 @@ async def test_a_lingering_consumer_handles_what_arrives_within_its_linger_as_on
     events = [placed(uuid4(), {"X": 1}) for _ in range(4)]
     batches: list[list[UUID]] = []
 
-    async with delivered(settings, pool, events, recording(batches), linger=3.0) as d:
-        first, *rest = d.batch
-        async with running(d.runner):
-            await d.runner.on_message(first)
-            # The runner has begun a batch with the first message and lingers for more.
-            await wait_until(lambda: _async(d.runner.inbox.empty()), what="the first taken")
-            for message in rest:
-                await d.runner.on_message(message)
-            await wait_until(lambda: _async(batches), what="a batch handled")
-            await d.runner.drained()
+    async with (
+        delivered(settings, pool, events, recording(batches), linger=3.0) as d,
+        running(d.runner),
+    ):
+        await hand_over(d.runner, d.batch)
+        await wait_until(lambda: _async(batches), what="a batch handled")
+        await d.runner.drained()
 
     assert batches == [[e.event_id for e in events]]
     assert await _processed(pool, events) == {e.event_id for e in events}
@@ -391,16 +398,12 @@ async def test_a_full_batch_does_not_wait_out_the_linger(
     batches: list[list[UUID]] = []
 
     # A linger far longer than the wait below: only a full batch can end it in time.
-    async with delivered(
-        settings, pool, events, recording(batches), linger=600.0, max_batch=4
-    ) as d:
-        first, *rest = d.batch
-        async with running(d.runner):
-            await d.runner.on_message(first)
-            await wait_until(lambda: _async(d.runner.inbox.empty()), what="the first taken")
-            for message in rest:
-                await d.runner.on_message(message)
-            await wait_until(lambda: _async(batches), what="the full batch handled")
+    async with (
+        delivered(settings, pool, events, recording(batches), linger=600.0, max_batch=4) as d,
+        running(d.runner),
+    ):
+        await hand_over(d.runner, d.batch)
+        await wait_until(lambda: _async(batches), what="the full batch handled")
 
     assert batches == [[e.event_id for e in events]]
 
@@ -413,8 +416,7 @@ async def test_a_stop_cuts_a_linger_short(settings: Settings, pool: asyncpg.Pool
         delivered(settings, pool, [event], recording(batches), linger=600.0) as d,
         running(d.runner),
     ):
-        await d.runner.on_message(d.batch[0])
-        await wait_until(lambda: _async(d.runner.inbox.empty()), what="the message taken")
+        await hand_over(d.runner, d.batch)
         d.runner.stop.set()
         # What a service does on SIGTERM: wait for the messages it holds to be settled.
         await asyncio.wait_for(d.runner.drained(), timeout=15)
