@@ -73,9 +73,8 @@ def run(service: str) -> int:
     if service == "all":
         return run_all()
     if service == order_api.SERVICE:
-        order_api.run()
-    else:
-        run_service(service, WORKERS[service])
+        return order_api.run()
+    run_service(service, WORKERS[service])
     return 0
 
 

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
             "to 1). Off unless set: a deployment that forgets it is locked, not open."
         ),
     )
+    auth_disabled_allow_remote: bool = Field(
+        False,
+        description=(
+            "With AUTH_DISABLED, let the API listen on an API_HOST that is not a loopback "
+            "address (otherwise it refuses to start): say so only where something else decides "
+            "who can reach it, as docker compose does by publishing the port on BIND_ADDRESS."
+        ),
+    )
     api_key_cache_ttl: float = Field(
         5.0,
         gt=0,

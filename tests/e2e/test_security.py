@@ -73,6 +73,29 @@ async def test_the_api_warns_at_start_up_when_auth_is_disabled(system: System) -
     assert "acme-orders apikey create" in warning
 
 
+async def test_the_api_refuses_to_start_open_on_an_address_others_can_reach(
+    system: System,
+) -> None:
+    environ = system.environ | {
+        "API_HOST": "0.0.0.0",  # noqa: S104 (refused before it listens)
+        "API_PORT": str(free_port()),
+        "AUTH_DISABLED": "1",
+    }
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [str(ACME_ORDERS), "run", "api"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert refused.returncode == 1
+    assert "refusing to start" in refused.stderr
+    assert "AUTH_DISABLED_ALLOW_REMOTE=1" in refused.stderr
+
+
 @pytest.fixture
 async def locked_api(system: System) -> AsyncIterator[httpx.AsyncClient]:
     """A second API process in front of the same pipeline, with keys required, as in

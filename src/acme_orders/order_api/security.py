@@ -9,6 +9,7 @@ client's address instead of its key.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +51,22 @@ class Caller:
         if self.key is None or self.key.scope is Scope.ADMIN:
             return None
         return self.key.id
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach an address the API listens on. A name other than
+    localhost could resolve to anything, so it counts as reachable from elsewhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def open_to_the_network(settings: Settings) -> bool:
+    """An API without keys on an address others can reach: refused unless explicitly allowed."""
+    return settings.auth_disabled and not is_loopback(settings.api_host)
 
 
 def unauthorized(detail: str) -> HTTPException:

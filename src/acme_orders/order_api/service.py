@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 
 from acme_orders.observability.tracing import configure_tracing
+from acme_orders.order_api.security import open_to_the_network
 from acme_orders.runtime import configure_logging
-from acme_orders.settings import get_settings
+from acme_orders.settings import Settings, get_settings
 
 SERVICE = "api"
 
+logger = logging.getLogger(__name__)
 
-def run() -> None:
+
+def may_listen(settings: Settings) -> bool:
+    """False, having said why, for an API that would serve anyone without a key on an address
+    other machines can reach, unless AUTH_DISABLED_ALLOW_REMOTE says that is intended."""
+    if not open_to_the_network(settings):
+        return True
+    if settings.auth_disabled_allow_remote:
+        logger.warning(
+            "AUTH_DISABLED on API_HOST %s, which is not a loopback address, as "
+            "AUTH_DISABLED_ALLOW_REMOTE allows: whoever can reach this address may place and read "
+            "orders without a key",
+            settings.api_host,
+        )
+        return True
+    logger.error(
+        "refusing to start: AUTH_DISABLED would serve anyone without a key on API_HOST %s, which "
+        "is not a loopback address. Turn keys on (AUTH_DISABLED=0), listen on 127.0.0.1, or set "
+        "AUTH_DISABLED_ALLOW_REMOTE=1 if something else decides who can reach it",
+        settings.api_host,
+    )
+    return False
+
+
+def run() -> int:
     settings = get_settings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    if not may_listen(settings):
+        return 1
     configure_tracing(SERVICE, settings)
     # uvicorn handles SIGTERM itself: it stops accepting, finishes in-flight requests, then runs
     # the lifespan's shutdown, which closes the pool.
@@ -28,3 +57,4 @@ def run() -> None:
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
+    return 0
