@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from aio_pika.exceptions import AMQPError
 
 from acme_orders import (
     api_keys,
+    broker_definitions,
     catalogue,
     database,
     dead_letters,
@@ -355,6 +357,32 @@ def trace(order_id: UUID) -> int:
     return 0
 
 
+def write_broker_definitions(template: Path, output: Path, administrator: str | None) -> int:
+    """The definitions of `template` with every user's password (each from its own environment
+    variable) hashed in, written to `output` for RabbitMQ to load at boot."""
+    definitions = json.loads(template.read_text(encoding="utf-8"))
+    users = broker_definitions.users_of(definitions) + ([administrator] if administrator else [])
+    passwords = {
+        user: password
+        for user in users
+        if (password := os.environ.get(broker_definitions.password_variable(user)))
+    }
+    try:
+        complete = broker_definitions.with_passwords(definitions, passwords, administrator)
+    except broker_definitions.MissingPasswordError as exc:
+        print(f"acme-orders broker-definitions: {exc}", file=sys.stderr)
+        return 1
+    # Written whole or not at all: RabbitMQ may read the file while a new one is being written.
+    partial = output.with_name(output.name + ".partial")
+    partial.write_text(json.dumps(complete, indent=2) + "\n", encoding="utf-8")
+    # Not secret (hashes only), and read by the broker's own user.
+    partial.chmod(0o644)
+    partial.replace(output)
+    vhosts = ", ".join(v["name"] for v in complete["vhosts"])
+    print(f"wrote {output}: users {', '.join(users)}; vhosts {vhosts}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme-orders",
@@ -435,6 +463,28 @@ def build_parser() -> argparse.ArgumentParser:
         "when each consuming service handled it, in ms since the order was placed",
     )
     trace_parser.add_argument("order_id", type=UUID, help="the order's id")
+
+    definitions = commands.add_parser(
+        "broker-definitions",
+        help="write RabbitMQ definitions with passwords for the broker to load at boot",
+        description="Read a RabbitMQ definitions file whose users have no password (such as "
+        "deploy/rabbitmq/definitions.json) and write it with each user's password hashed in, "
+        "as RabbitMQ stores them, plus the vhosts its permissions name and, with "
+        "--administrator, an administrator of them. Each user's password comes from the "
+        "environment variable RABBITMQ_PASSWORD_<USER> (acme-publisher: "
+        "RABBITMQ_PASSWORD_ACME_PUBLISHER); a missing one is an error.",
+    )
+    definitions.add_argument(
+        "--template", type=Path, required=True, help="the definitions without passwords"
+    )
+    definitions.add_argument(
+        "--output", type=Path, required=True, help="where to write them, with passwords"
+    )
+    definitions.add_argument(
+        "--administrator",
+        metavar="USER",
+        help="also create USER with the administrator tag and every permission on the vhosts",
+    )
 
     bench = commands.add_parser(
         "bench",
@@ -573,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(forget(args.customer_id))
     if args.command == "trace":
         sys.exit(trace(args.order_id))
+    if args.command == "broker-definitions":
+        sys.exit(write_broker_definitions(args.template, args.output, args.administrator))
     if args.command == "bench":
         sys.exit(bench(args))
     sys.exit(run(args.service))

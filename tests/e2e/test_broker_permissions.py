@@ -8,13 +8,10 @@ deleted afterwards."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import secrets
 import subprocess
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from acme_orders.events import EXCHANGE
 from acme_orders.inventory.service import ORDER_PLACED_QUEUE
 from acme_orders.orders import FINAL_STATUSES
 from acme_orders.payment.service import QUEUES as PAYMENT_QUEUES
+from tests.broker_users import definitions_for, imported
 from tests.e2e.conftest import start_service
 from tests.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
 from tests.processes import ServiceProcess, free_port, stop_all
@@ -38,59 +36,23 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
-
-
-def import_definitions(document: dict[str, Any]) -> None:
-    """`rabbitmqctl import_definitions FILE`. The file must be readable by the broker's own user,
-    which Debian's rabbitmqctl runs as (and which cannot read stdin through its wrapper); it
-    holds no secret."""
-    descriptor, path = tempfile.mkstemp(prefix="acme-definitions-", suffix=".json")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(document, file)
-        os.chmod(path, 0o644)
-        rabbitmqctl("import_definitions", path)
-    finally:
-        os.unlink(path)
 
 
 @pytest.fixture
 async def broker_users(fresh_env: TestEnvironment) -> AsyncIterator[dict[str, str]]:
     """The definitions imported into the test's vhost, each user renamed `<vhost>-<user>` and
-    given a password; returns each user's AMQP URL, by its name in the file."""
-    document = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
-    logins = {user["name"]: f"{fresh_env.name}-{user['name']}" for user in document["users"]}
-    for user in document["users"]:
-        user["name"] = logins[user["name"]]
-    for entry in document["permissions"] + document["topic_permissions"]:
-        entry["user"] = logins[entry["user"]]
-        entry["vhost"] = fresh_env.name
+    given a password with rabbitmqctl, as the README says; returns each user's AMQP URL, by its
+    name in the file."""
+    document, logins = definitions_for(fresh_env)
     host = RABBITMQ_BASE_URL.split("@", 1)[1].rstrip("/")
-    try:
-        await asyncio.to_thread(import_definitions, document)
-
-        # The import runs in the background: wait until every user has its permissions.
-        async def permissions_in_place() -> bool:
-            listed = await asyncio.to_thread(
-                rabbitmqctl, "list_topic_permissions", "-p", fresh_env.name
-            )
-            return all(login in listed for login in logins.values())
-
-        await wait_until(permissions_in_place, deadline=30, what="the definitions imported")
+    async with imported(fresh_env, document):
         urls = {}
         for name, login in logins.items():
             password = secrets.token_hex(16)  # never starting with '-', an option
             await asyncio.to_thread(rabbitmqctl, "change_password", login, password)
             urls[name] = f"amqp://{quote(login)}:{password}@{host}/{quote(fresh_env.name, safe='')}"
         yield urls
-    finally:
-        for login in logins.values():
-            # Not there if the import failed.
-            with contextlib.suppress(subprocess.CalledProcessError):
-                await asyncio.to_thread(rabbitmqctl, "delete_user", login)
 
 
 async def refused(url: str, action: str, *, key: str = "order.placed") -> bool:
@@ -116,6 +78,15 @@ async def refused(url: str, action: str, *, key: str = "order.placed") -> bool:
     finally:
         await connection.close()
     return False
+
+
+async def first_board_snapshot(client: httpx.AsyncClient) -> dict[str, Any]:
+    async with client.stream("GET", "/board/stream") as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                snapshot: dict[str, Any] = json.loads(line.removeprefix("data: "))
+                return snapshot
+    raise AssertionError("the board's stream ended without a snapshot")
 
 
 async def park_garbage_through_the_consumer(env: TestEnvironment) -> None:
@@ -152,10 +123,15 @@ async def test_the_pipeline_runs_with_one_least_privileged_user_per_service(
         for service in ("publisher", "inventory", "payment", "notification"):
             environ = base | {"RABBITMQ_URL": broker_users[f"acme-{service}"]}
             processes.append(await start_service(service, environ, f"least-privilege-{service}"))
-        # The API has no broker user at all: it never talks to RabbitMQ.
-        api_environ = base | {"RABBITMQ_URL": "amqp://nobody:nothing@127.0.0.1:1/"}
+        # The API never publishes or consumes; its board looks at the queues as acme-board.
+        api_environ = base | {"RABBITMQ_URL": broker_users["acme-board"]}
         processes.append(await start_service("api", api_environ, "least-privilege-api"))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            board = await first_board_snapshot(client)
+            assert board["broker"] is None, board["broker"]
+            depths = {queue["queue"]: queue["ready"] for queue in board["queues"]}
+            assert set(depths) == {spec.name for spec in CONSUMER_QUEUES}
+            assert all(isinstance(ready, int) for ready in depths.values()), depths
             placed = await client.post(
                 "/orders",
                 json={
@@ -194,6 +170,9 @@ FORBIDDEN = [
     ("acme-publisher", "declare a queue"),
     ("acme-operator", "declare a queue"),
     ("acme-payment", "declare a queue"),
+    ("acme-board", "publish an event"),
+    ("acme-board", f"consume {PAYMENT_QUEUES[0].name}"),
+    ("acme-board", "declare a queue"),
 ]
 
 

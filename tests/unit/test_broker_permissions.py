@@ -72,6 +72,9 @@ NEEDS: dict[str, Needs] = {
     "acme-operator": Needs(
         write={DEFAULT_EXCHANGE}, read={spec.dead_letter_queue for spec in ALL_QUEUES}
     ),
+    # The API's live board: it only looks at the queues' depths, with passive declares, which
+    # need no permission at all. The API itself never publishes or consumes.
+    "acme-board": Needs(),
 }
 
 # Every name a permission could be asked about: the system's, and some that are not (a new
@@ -116,12 +119,13 @@ def granted(user: str) -> Needs:
     )
 
 
-def test_there_is_one_user_per_service_that_talks_to_rabbitmq_and_none_for_the_api() -> None:
+def test_there_is_one_user_per_service_that_talks_to_rabbitmq_and_the_api_may_only_look() -> None:
     document = definitions()
     users = {user["name"] for user in document["users"]}
 
     assert users == set(NEEDS)
-    assert "acme-api" not in users  # the API never talks to RabbitMQ
+    assert "acme-api" not in users  # the API never publishes or consumes
+    assert granted("acme-board") == Needs()  # its board reads queue depths, nothing else
     for user in document["users"]:
         # No password in the file: each is set with rabbitmqctl change_password (README).
         assert user["password_hash"] == ""
