@@ -34,8 +34,9 @@ async def test_the_docs_page_is_open_html_under_a_strict_content_security_policy
     api: httpx.AsyncClient,
 ) -> None:
     page = await api.get("/docs")
+    head = await api.head("/docs")
 
-    assert page.status_code == 200
+    assert page.status_code == head.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     policy = page.headers["content-security-policy"]
     assert "default-src 'none'" in policy

@@ -73,7 +73,8 @@ def _swagger_ui_file(name: str) -> bytes:
     return (SWAGGER_UI / name).read_bytes()
 
 
-@docs.get("")
+# HEAD too, as FastAPI's own /docs answered it: what uptime checks often send.
+@docs.api_route("", methods=["GET", "HEAD"])
 async def docs_page() -> Response:
     return Response(_docs_page(), media_type="text/html; charset=utf-8", headers=DOCS_PAGE_HEADERS)
 
