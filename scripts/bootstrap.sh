@@ -1,7 +1,7 @@
 # Sourced by run.sh and test.sh: a virtualenv in .venv with the package and its pinned
 # dependencies, reinstalled only when pyproject.toml changed; the programs `acme-orders bench`
-# (and its test) runs: wrk, and pgbench for the database ceiling; and the Chromium the live
-# board's browser test drives (Debian's, through Playwright: no browser download).
+# (and its test) runs: wrk, and pgbench for the database ceiling; and the Chromium the browser
+# tests of the live board and /docs drive (Debian's, through Playwright: no browser download).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,7 +22,7 @@ install_program() {
 }
 install_program wrk wrk
 install_program pgbench postgresql-client
-install_program chromium chromium "the live board's browser test (tests/e2e/test_timeline_and_board.py)"
+install_program chromium chromium "the browser tests (tests/e2e/browser.py)"
 
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, Request, async_playwright
+from playwright.async_api import Page, Request
 
 from acme_orders.cli import CONSUMER_QUEUES
 from tests.conftest import NewProduct, add_product
+from tests.e2e.browser import PAGE_DEADLINE_MS, chromium
 from tests.e2e.conftest import System
 from tests.processes import OUTPUT_DIR
 from tests.waiting import wait_until
@@ -30,17 +31,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# Milliseconds Playwright waits for something to show on the page.
-PAGE_DEADLINE_MS = 20_000
 
 
 @pytest.fixture
@@ -185,9 +175,6 @@ async def watch_orders_on_the_board(page: Page, system: System, base: str) -> No
 async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
     system: System,
 ) -> None:
-    assert os.access(CHROMIUM, os.X_OK), (
-        "the browser test needs Debian's chromium: apt-get install chromium"
-    )
     base = str(system.client.base_url).rstrip("/")
     elsewhere: list[str] = []
     problems: list[str] = []
@@ -199,27 +186,21 @@ async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
 
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     screenshot = OUTPUT_DIR / "board.png"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(PAGE_DEADLINE_MS)
+        page.on("request", note_request)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         try:
-            page = await browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(PAGE_DEADLINE_MS)
-            page.on("request", note_request)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-            try:
-                await watch_orders_on_the_board(page, system, base)
-            except Exception:
-                # What the page looked like, kept with the run's logs.
-                await page.screenshot(path=str(OUTPUT_DIR / "board-failure.png"), full_page=True)
-                (OUTPUT_DIR / "board-failure.html").write_text(await page.content())
-                (OUTPUT_DIR / "board-failure.console.txt").write_text("\n".join(console + problems))
-                raise
-            await page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            await browser.close()
+            await watch_orders_on_the_board(page, system, base)
+        except Exception:
+            # What the page looked like, kept with the run's logs.
+            await page.screenshot(path=str(OUTPUT_DIR / "board-failure.png"), full_page=True)
+            (OUTPUT_DIR / "board-failure.html").write_text(await page.content())
+            (OUTPUT_DIR / "board-failure.console.txt").write_text("\n".join(console + problems))
+            raise
+        await page.screenshot(path=str(screenshot), full_page=True)
 
     assert screenshot.stat().st_size > 10_000
     assert not problems, problems

@@ -15,6 +15,7 @@ from acme_orders import __version__
 from acme_orders.api_keys import ApiKeyCache
 from acme_orders.database import close_pool, create_pool
 from acme_orders.order_api.board import board
+from acme_orders.order_api.docs_routes import docs
 from acme_orders.order_api.http_metrics import HttpMetrics, metrics
 from acme_orders.order_api.rate_limit import TokenBucketLimiter
 from acme_orders.order_api.request_context import RequestContext
@@ -116,6 +117,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "pipeline reacts to events."
         ),
         lifespan=lifespan,
+        # Swagger UI is served by docs_routes, from a pinned package, not from FastAPI's CDN: the
+        # page works without internet access, under a strict Content-Security-Policy. No ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.order_rate_limit = (
@@ -134,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health)
     app.include_router(timeline)
     app.include_router(board)
+    app.include_router(docs)
     app.include_router(metrics)
 
     for error in DATABASE_UNAVAILABLE:
