@@ -6,7 +6,10 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --create-home --uid 10001 --user-group acme
+# The services' user; /var/lib/acme-orders is where its one-shot jobs may write (docker compose's
+# RabbitMQ definitions, in a volume that takes this folder's owner).
+RUN useradd --create-home --uid 10001 --user-group acme \
+    && install -d -o acme -g acme /var/lib/acme-orders/rabbitmq
 
 WORKDIR /app
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from acme_orders.broker_definitions import password_variable, users_of
 from acme_orders.cli import SERVICES
 from acme_orders.observability.metrics import ALL_METRICS, exported_names
 from acme_orders.observability.metrics_server import metrics_port
@@ -27,6 +28,7 @@ VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?:(?P<op>:?-)(?P<default>
 
 CONTAINERS = {
     "postgres": "eda-postgres",
+    "rabbitmq-definitions": "eda-rabbitmq-definitions",
     "rabbitmq": "eda-rabbitmq",
     "migrate": "eda-migrate",
     "orderapi": "eda-orderapi",
@@ -36,6 +38,8 @@ CONTAINERS = {
     "notification": "eda-notification",
     "prometheus": "eda-prometheus",
     "grafana": "eda-grafana",
+    # Run once per command (`docker compose run --rm operator ...`): no fixed name.
+    "operator": None,
 }
 # Compose service -> the service `acme-orders run` starts in it.
 APP_SERVICES = {
@@ -45,7 +49,21 @@ APP_SERVICES = {
     "payment": "payment",
     "notification": "notification",
 }
+# Compose service -> the RabbitMQ user of deploy/rabbitmq/definitions.json it connects as.
+BROKER_USERS = {
+    "migrate": "acme-migrate",
+    "orderapi": "acme-board",
+    "orderpublisher": "acme-publisher",
+    "inventory": "acme-inventory",
+    "payment": "acme-payment",
+    "notification": "acme-notification",
+    "operator": "acme-operator",
+}
 APP_IMAGE = "acme-orders:latest"
+DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+# The address every published port listens on unless .env says otherwise.
+LOOPBACK = "127.0.0.1"
+URL_PASSWORD = re.compile(r"://[^:/@]+:(?P<password>[^@]*)@")
 INITDB_DIR = "/docker-entrypoint-initdb.d/"
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -104,15 +122,20 @@ def env_example() -> dict[str, str]:
     return {name.strip(): value.strip() for name, _, value in entries}
 
 
-def published_ports(service: dict[str, Any]) -> set[int]:
-    ports: set[int] = set()
+def published_ports(
+    service: dict[str, Any], dot_env: dict[str, str] | None = None
+) -> set[tuple[str, int]]:
+    """(host address, host port) of each published port, as compose makes of them with these
+    variables in `.env` (default: none at all, a fresh clone)."""
+    ports: set[tuple[str, int]] = set()
     for port in service.get("ports", []):
-        if isinstance(port, dict):
-            ports.add(int(port["published"]))
-        else:
-            host_side = str(port).rsplit(":", 1)[0].rsplit(":", 1)[-1]
-            ports.add(int(host_side))
+        address, host_port, _container_port = interpolate(str(port), dot_env or {}).split(":")
+        ports.add((address, int(host_port)))
     return ports
+
+
+def url_user(url: str) -> str:
+    return url.split("://", 1)[1].split(":", 1)[0]
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -148,7 +171,7 @@ def test_images() -> None:
 
     assert found["postgres"]["image"] == "postgres:15"
     assert found["rabbitmq"]["image"] == "rabbitmq:3.13-management"
-    for name in ("migrate", *APP_SERVICES):
+    for name in ("migrate", "rabbitmq-definitions", "operator", *APP_SERVICES):
         assert found[name]["image"] == APP_IMAGE, name
         assert found[name]["build"] == ".", name
 
@@ -201,51 +224,153 @@ def test_servers_and_the_api_have_healthchecks() -> None:
     assert any("/health" in part for part in found["orderapi"]["healthcheck"]["test"])
 
 
-def test_ports_are_published() -> None:
+def test_ports_are_published_on_loopback_only_unless_dot_env_says_otherwise() -> None:
     found = services()
+    elsewhere = {
+        "BIND_ADDRESS": "192.0.2.10",
+        "API_PORT": "18000",
+        "POSTGRES_PORT": "15432",
+        "RABBITMQ_PORT": "15673",
+        "RABBITMQ_UI_PORT": "15674",
+        "PROMETHEUS_PORT": "19090",
+        "GRAFANA_PORT": "13000",
+    }
 
-    assert published_ports(found["postgres"]) == {5432}
-    assert published_ports(found["rabbitmq"]) == {5672, 15672}
-    assert published_ports(found["orderapi"]) == {8000}
+    assert published_ports(found["postgres"]) == {(LOOPBACK, 5432)}
+    assert published_ports(found["rabbitmq"]) == {(LOOPBACK, 5672), (LOOPBACK, 15672)}
+    assert published_ports(found["orderapi"]) == {(LOOPBACK, 8000)}
+    assert published_ports(found["prometheus"]) == {(LOOPBACK, 9090)}
+    assert published_ports(found["grafana"]) == {(LOOPBACK, 3000)}
+    # Each host port is a setting, so the stack runs beside servers that hold the defaults.
+    assert published_ports(found["orderapi"], elsewhere) == {("192.0.2.10", 18000)}
+    assert published_ports(found["postgres"], elsewhere) == {("192.0.2.10", 15432)}
+    assert published_ports(found["rabbitmq"], elsewhere) == {
+        ("192.0.2.10", 15673),
+        ("192.0.2.10", 15674),
+    }
+    assert published_ports(found["prometheus"], elsewhere) == {("192.0.2.10", 19090)}
+    assert published_ports(found["grafana"], elsewhere) == {("192.0.2.10", 13000)}
+    # Nothing else is published: the workers' metrics stay on the compose network.
+    published = {name for name, service in found.items() if service.get("ports")}
+    assert published == {"postgres", "rabbitmq", "orderapi", "prometheus", "grafana"}
+    # Inside its container the API listens on every address, and its port is the one published.
     assert environment(found["orderapi"])["API_HOST"] == "0.0.0.0"  # noqa: S104
     assert environment(found["orderapi"])["API_PORT"] == "8000"
+    assert all(str(port).endswith(":8000") for port in found["orderapi"]["ports"])
 
 
-def test_postgres_gets_the_acme_database_and_only_the_baseline_schema() -> None:
+def test_the_open_quick_start_api_is_allowed_only_as_far_as_its_published_port() -> None:
+    api = services()["orderapi"]
+    env = environment(api)
+
+    # The API refuses AUTH_DISABLED on 0.0.0.0 unless told; compose tells it, because who can
+    # reach it is decided by the published port, on BIND_ADDRESS (loopback by default).
+    settings = Settings.model_validate({k.lower(): v for k, v in env.items()})
+    assert settings.auth_disabled
+    assert settings.auth_disabled_allow_remote
+    assert {address for address, _ in published_ports(api)} == {LOOPBACK}
+
+
+def test_postgres_gets_the_baseline_schema_then_the_services_role() -> None:
     postgres = services()["postgres"]
     env = environment(postgres)
 
     assert env["POSTGRES_USER"] == "acme"
     assert env["POSTGRES_DB"] == "acme"
     assert env["POSTGRES_PASSWORD"]
-    initdb_mounts = [
-        str(volume).split(":") for volume in postgres["volumes"] if INITDB_DIR in str(volume)
+    assert env["APP_DATABASE_USER"] == "acme_app"
+    assert env["APP_DATABASE_PASSWORD"]
+    initdb_mounts = sorted(
+        (target, source)
+        for source, target, *_ in (
+            str(volume).split(":") for volume in postgres["volumes"] if INITDB_DIR in str(volume)
+        )
+    )
+    # Files, not the db/ folder: the numbered migrations would sort before init.sql. The image
+    # runs them in the order of their names.
+    assert [source for _, source in initdb_mounts] == [
+        "./db/init.sql",
+        "./deploy/postgres/app-role.sh",
     ]
-    # One file, not the db/ folder: the numbered migrations would sort before init.sql.
-    assert len(initdb_mounts) == 1
-    source, target, *_ = initdb_mounts[0]
-    assert source == "./db/init.sql"
-    assert (ROOT / source).is_file()
-    assert target.startswith(INITDB_DIR)
-    assert target.endswith(".sql")
+    for target, source in initdb_mounts:
+        assert (ROOT / source).is_file()
+        assert target.startswith(INITDB_DIR)
+        assert target.endswith(Path(source).suffix)
 
 
-def test_rabbitmq_user() -> None:
-    env = environment(services()["rabbitmq"])
+def test_the_services_role_may_read_and_write_but_not_change_the_schema() -> None:
+    script = (DEPLOY / "postgres" / "app-role.sh").read_text(encoding="utf-8")
 
-    assert env["RABBITMQ_DEFAULT_USER"] == "eda_user"
-    assert env["RABBITMQ_DEFAULT_PASS"] == "eda_pass"
+    assert "NOSUPERUSER NOCREATEDB NOCREATEROLE" in script
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public" in script
+    assert "ALTER DEFAULT PRIVILEGES FOR ROLE" in script
+    assert "GRANT CREATE" not in script
+    assert "OWNER" not in script
 
 
-def test_app_services_reach_the_servers_with_their_credentials() -> None:
+def test_rabbitmq_loads_the_per_service_users_with_the_passwords_of_dot_env() -> None:
+    found = services()
+    writer, broker = found["rabbitmq-definitions"], found["rabbitmq"]
+    template = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
+    command = dict(argument.removeprefix("--").split("=", 1) for argument in writer["command"][1:])
+
+    assert writer["command"][0] == "broker-definitions"
+    assert writer["restart"] == "no"
+    assert "depends_on" not in writer
+    assert mounts(writer)[command["template"]] == "./deploy/rabbitmq/definitions.json"
+    assert command["administrator"] == "eda_user"
+    # Every user of the file, and the UI's administrator, gets its password from .env.
+    assert set(environment(writer)) == {
+        password_variable(user) for user in [*users_of(template), "eda_user"]
+    }
+    assert environment(writer)[password_variable("eda_user")] == "eda_pass"
+    # The broker waits for the file and loads it on every boot, from the same volume.
+    assert broker["depends_on"] == {
+        "rabbitmq-definitions": {"condition": "service_completed_successfully"}
+    }
+    [shared] = [
+        volume.split(":")[0]
+        for volume in writer["volumes"]
+        if volume.split(":")[1] == str(Path(command["output"]).parent)
+    ]
+    [(loaded_from, read_only)] = [
+        (volume.split(":")[1], volume.split(":")[2:] == ["ro"])
+        for volume in broker["volumes"]
+        if volume.split(":")[0] == shared
+    ]
+    assert read_only
+    conf_target = next(
+        t for t, s in mounts(broker).items() if s == "./deploy/rabbitmq/compose.conf"
+    )
+    assert conf_target.startswith("/etc/rabbitmq/conf.d/")
+    conf = (DEPLOY / "rabbitmq" / "compose.conf").read_text(encoding="utf-8")
+    assert f"load_definitions = {loaded_from}/{Path(command['output']).name}" in conf
+    # No default user: the broker that loads definitions creates none (no guest).
+    assert "RABBITMQ_DEFAULT_USER" not in environment(broker)
+
+
+def test_each_service_connects_with_a_user_of_its_own() -> None:
     found = services()
 
-    for name in ("migrate", *APP_SERVICES):
+    assert set(BROKER_USERS) == {"migrate", "operator", *APP_SERVICES}
+    for name, broker_user in BROKER_USERS.items():
         env = environment(found[name])
-        # Without a .env: the development defaults.
-        assert env["DATABASE_URL"] == "postgresql://acme:acme@postgres:5432/acme", name
-        assert env["RABBITMQ_URL"] == "amqp://eda_user:eda_pass@rabbitmq:5672/", name
+        # Only migrate, which owns the schema, connects as its owner; the others as acme_app.
+        database_user = "acme" if name == "migrate" else "acme_app"
+        assert url_user(env["DATABASE_URL"]) == database_user, name
+        assert env["DATABASE_URL"].endswith("@postgres:5432/acme"), name
+        assert url_user(env["RABBITMQ_URL"]) == broker_user, name
+        assert env["RABBITMQ_URL"].endswith("@rabbitmq:5672/"), name
         assert "LOG_LEVEL" in env, name
+
+
+def test_the_operator_is_a_tool_that_up_does_not_start() -> None:
+    operator = services()["operator"]
+
+    assert operator["profiles"] == ["tools"]
+    assert operator["restart"] == "no"
+    # `docker compose run --rm operator ...` runs against the running system, starting nothing.
+    assert "depends_on" not in operator
 
 
 def test_app_services_set_only_variables_the_settings_read() -> None:
@@ -281,25 +406,55 @@ def test_a_fresh_clone_without_dot_env_gets_the_documented_development_defaults(
     found = services()
 
     assert environment(found["postgres"])["POSTGRES_PASSWORD"] == "acme"
-    assert environment(found["rabbitmq"])["RABBITMQ_DEFAULT_PASS"] == "eda_pass"
+    assert environment(found["postgres"])["APP_DATABASE_PASSWORD"] == "acme_app"
+    # The management UI's user, as the seed documents it.
+    assert environment(found["rabbitmq-definitions"])[password_variable("eda_user")] == "eda_pass"
     # The quick start's API is open, as the README's curl examples need.
     assert environment(found["orderapi"])["AUTH_DISABLED"] == "1"
 
 
+def passwords_in_urls(dot_env: dict[str, str]) -> dict[str, str]:
+    """Each user's password as the services' URLs give it: user -> password."""
+    found = services()
+    passwords: dict[str, str] = {}
+    for name in BROKER_USERS:
+        env = environment(found[name], dot_env)
+        for url in (env["DATABASE_URL"], env["RABBITMQ_URL"]):
+            match = URL_PASSWORD.search(url)
+            assert match, url
+            user = url_user(url)
+            assert passwords.setdefault(user, match["password"]) == match["password"], user
+    return passwords
+
+
 def test_passwords_and_switches_come_from_dot_env_consistently_everywhere() -> None:
     found = services()
-    dot_env = {
-        "POSTGRES_PASSWORD": "pg5ecret",
-        "RABBITMQ_PASSWORD": "mq5ecret",
-        "AUTH_DISABLED": "0",
-    }
+    template = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
+    variables = [
+        "POSTGRES_PASSWORD",
+        "POSTGRES_APP_PASSWORD",
+        "RABBITMQ_PASSWORD",
+        "RABBITMQ_MIGRATE_PASSWORD",
+        "RABBITMQ_PUBLISHER_PASSWORD",
+        "RABBITMQ_INVENTORY_PASSWORD",
+        "RABBITMQ_PAYMENT_PASSWORD",
+        "RABBITMQ_NOTIFICATION_PASSWORD",
+        "RABBITMQ_OPERATOR_PASSWORD",
+        "RABBITMQ_BOARD_PASSWORD",
+    ]
+    dot_env = {name: f"s3cret{n}" for n, name in enumerate(variables)} | {"AUTH_DISABLED": "0"}
 
-    assert environment(found["postgres"], dot_env)["POSTGRES_PASSWORD"] == "pg5ecret"
-    assert environment(found["rabbitmq"], dot_env)["RABBITMQ_DEFAULT_PASS"] == "mq5ecret"
-    for name in ("migrate", *APP_SERVICES):
-        env = environment(found[name], dot_env)
-        assert env["DATABASE_URL"] == "postgresql://acme:pg5ecret@postgres:5432/acme", name
-        assert env["RABBITMQ_URL"] == "amqp://eda_user:mq5ecret@rabbitmq:5672/", name
+    in_urls = passwords_in_urls(dot_env)
+    postgres = environment(found["postgres"], dot_env)
+    written = environment(found["rabbitmq-definitions"], dot_env)
+    # The servers are given the passwords the services connect with.
+    assert in_urls["acme"] == postgres["POSTGRES_PASSWORD"]
+    assert in_urls["acme_app"] == postgres["APP_DATABASE_PASSWORD"]
+    for user in users_of(template):
+        if user in in_urls:
+            assert in_urls[user] == written[password_variable(user)], user
+    # Each from a variable of its own: no two users share a password.
+    assert len(set(in_urls.values()) | {written[password_variable("eda_user")]}) == len(variables)
     assert environment(found["orderapi"], dot_env)["AUTH_DISABLED"] == "0"
 
 
@@ -308,10 +463,10 @@ def test_no_password_is_written_into_the_compose_file_outside_a_dot_env_default(
         for variable, raw in service.get("environment", {}).items():
             value = str(raw)
             secret = any(word in variable for word in ("PASSWORD", "PASS", "SECRET"))
-            if secret or "URL" in variable:
-                without_defaults = VARIABLE.sub("", value)
-                assert ":acme@" not in without_defaults, (name, variable)
-                assert ":eda_pass@" not in without_defaults, (name, variable)
+            if "URL" in variable:
+                match = URL_PASSWORD.search(value)
+                assert match, (name, variable)
+                assert VARIABLE.fullmatch(match["password"]), f"{name} {variable}: not from .env"
             if secret:
                 assert VARIABLE.fullmatch(value), f"{name} {variable} is not read from .env"
 
@@ -370,11 +525,9 @@ def test_prometheus_and_grafana_are_an_optional_profile() -> None:
 
     for name in OBSERVABILITY:
         assert found[name]["profiles"] == ["observability"], name
-    # Plain `docker compose up -d` runs everything else, as before.
-    for name in set(found) - OBSERVABILITY:
+    # Plain `docker compose up -d` runs everything else but the operator's tool, as before.
+    for name in set(found) - OBSERVABILITY - {"operator"}:
         assert "profiles" not in found[name], name
-    assert published_ports(found["prometheus"]) == {9090}
-    assert published_ports(found["grafana"]) == {3000}
 
 
 def test_prometheus_scrapes_every_app_service_on_the_port_it_serves_metrics_on() -> None:
