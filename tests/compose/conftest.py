@@ -29,7 +29,10 @@ from tests.compose.stack import (
 def report(config: pytest.Config, line: str) -> None:
     """A line on the terminal, whatever pytest captures: how long each step took."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line(f"[compose] {line}")
 
 

@@ -161,12 +161,16 @@ def restore_network(before: dict[str, object]) -> None:
         for policy in policies[table]:
             _, chain, target = policy.split()
             subprocess.run(["iptables", "-t", table, "-P", chain, target], check=True)
+    # ip_forward is one switch for the whole machine: while somebody else still forwards (their
+    # FORWARD rules remain, such as a test's network namespace with NAT), it stays on for them.
+    others_forward = any(rule.startswith("-A FORWARD") for rule in iptables_rules("filter"))
     interfaces = before["interfaces"]
     assert isinstance(interfaces, list)
     for interface in sorted(os.listdir("/sys/class/net")):
         if DOCKER_INTERFACE.match(interface) and interface not in interfaces:
             subprocess.run(["ip", "link", "delete", interface], capture_output=True, check=False)
-    Path("/proc/sys/net/ipv4/ip_forward").write_text(f"{before['ip_forward']}\n")
+    if not others_forward:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(f"{before['ip_forward']}\n")
 
 
 def start_engine() -> Engine:
