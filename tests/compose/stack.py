@@ -75,8 +75,10 @@ class ComposeStack:
         check: bool = True,
         timeout: float = COMMAND_TIMEOUT,
         extra_env: dict[str, str] | None = None,
+        record: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """A command line as a user types it, in the clone, with the stack's environment."""
+        """A command line as a user types it, in the clone, with the stack's environment; in the
+        transcript unless `record` is false (the polling, which would drown the rest)."""
         started = time.monotonic()
         result = subprocess.run(
             ["bash", "-c", command],
@@ -88,6 +90,8 @@ class ComposeStack:
             check=False,
         )
         took = time.monotonic() - started
+        if not record and not (check and result.returncode):
+            return result
         prefix = " ".join(f"{k}={v}" for k, v in (extra_env or {}).items())
         self.note(
             f"$ {prefix + ' ' if prefix else ''}{command}   ({took:.1f}s, exit {result.returncode})"
@@ -119,17 +123,17 @@ class ComposeStack:
         return result.stdout.strip()
 
     def logs(self, container: str) -> str:
-        result = self.shell(f"docker logs {container}")
+        result = self.shell(f"docker logs {container}", record=False)
         return result.stdout + result.stderr
 
     def containers(self) -> dict[str, dict[str, Any]]:
         """`docker inspect` of every container of the project, by compose service."""
         ids = self.shell(
-            f"docker ps -a -q --filter label={PROJECT_LABEL}={self.project}"
+            f"docker ps -a -q --filter label={PROJECT_LABEL}={self.project}", record=False
         ).stdout.split()
         if not ids:
             return {}
-        inspected = json.loads(self.shell("docker inspect " + " ".join(ids)).stdout)
+        inspected = json.loads(self.shell("docker inspect " + " ".join(ids), record=False).stdout)
         return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in inspected}
 
     def wait_until_up(self, deadline: float = 180.0) -> None:
@@ -145,15 +149,22 @@ class ComposeStack:
                 if name in ONE_SHOT and state.startswith("exited") and state != "exited 0"
             }
             if failed:
-                raise ComposeError(f"one-shot jobs failed: {failed}; {self.transcript}")
+                self.record_logs()
+                raise ComposeError(f"one-shot jobs failed: {failed}; see {self.transcript}")
             wanted = {
                 name: "exited 0" if name in ONE_SHOT else "running healthy" for name in SERVICES
             }
             if all(last.get(name) == state for name, state in wanted.items()):
                 return
             if time.monotonic() > give_up:
-                raise ComposeError(f"not up after {deadline}s: {last}")
+                self.record_logs()
+                raise ComposeError(f"not up after {deadline}s: {last}; see {self.transcript}")
             time.sleep(1)
+
+    def record_logs(self) -> None:
+        """What the containers said, into the transcript, for a failure to be read."""
+        self.shell("docker compose ps", check=False)
+        self.shell("docker compose logs --no-color --tail=100", check=False)
 
 
 def describe(container: dict[str, Any]) -> str:
