@@ -36,7 +36,7 @@ def report(config: pytest.Config, line: str) -> None:
         reporter.write_line(f"[compose] {line}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def docker_engine(request: pytest.FixtureRequest) -> Iterator[engine.Engine]:
     if os.environ.get("TEST_COMPOSE") == "0":
         pytest.skip("TEST_COMPOSE=0: the compose tests are turned off")
@@ -55,7 +55,7 @@ def docker_engine(request: pytest.FixtureRequest) -> Iterator[engine.Engine]:
             report(request.config, "stopped our dockerd; iptables, docker0, ip_forward put back")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(docker_engine: engine.Engine, request: pytest.FixtureRequest) -> Iterator[ComposeStack]:
     """`docker compose up -d` from a clean clone, with nothing of an earlier build to reuse."""
     started = time.monotonic()
