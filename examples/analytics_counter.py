@@ -66,7 +66,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     async with connection:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch_count)
-        queue = await declare_queue(channel, ALL_EVENTS_QUEUE)
+        queue = await declare_queue(channel, ALL_EVENTS_QUEUE, settings.quorum_group_size)
         await queue.consume(counter.on_message)
         logger.info("ready: consuming %s", ALL_EVENTS_QUEUE.name)
         await stop.wait()

@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 from aio_pika.abc import AbstractChannel
+from fastapi import FastAPI
 
 from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.order_api.app import create_app
@@ -29,14 +30,20 @@ NewProduct = Callable[..., Awaitable[str]]
 
 
 @asynccontextmanager
-async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API of these settings, started (its lifespan run, so its pool is open) and called
-    in-process, without a server."""
-    app = create_app(settings)
+async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (its lifespan run, so its pool is open) and called in-process, without a
+    server."""
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
     ):
+        yield client
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of these settings, called in-process."""
+    async with app_client(create_app(settings)) as client:
         yield client
 
 

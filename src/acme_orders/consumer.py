@@ -447,7 +447,7 @@ async def serve_consumers(
                 channel = await connections.broker.channel()
                 await channel.set_qos(prefetch_count=settings.prefetch_count)
                 dead_letters = await declare_dead_letter_exchange(channel)
-                queue = await declare_queue(channel, consumer.queue)
+                queue = await declare_queue(channel, consumer.queue, settings.quorum_group_size)
                 runner = ConsumerRunner(
                     consumer, connections.pool, dead_letters, stop, settings.prefetch_count
                 )

@@ -30,7 +30,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from acme_orders.messaging import QueueSpec
+from acme_orders.messaging import QueueSpec, connect_once
 from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -177,9 +177,7 @@ def replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
 async def _connection(settings: Settings) -> AsyncIterator[AbstractConnection]:
     # Not a robust connection: a one-shot tool should fail, not reconnect behind its own back
     # while it holds messages.
-    connection = await aio_pika.connect(
-        settings.rabbitmq_url, client_properties={"connection_name": "acme-orders dead letters"}
-    )
+    connection = await connect_once(settings, "dead letters")
     async with connection:
         yield connection
 

@@ -1,19 +1,29 @@
-"""RabbitMQ: connections, the exchange and queue topology, and how an event becomes a message."""
+"""RabbitMQ: connections, the exchange and queue topology, and how an event becomes a message.
+
+RABBITMQ_URL may name several nodes of a cluster, as a comma-separated list of AMQP URLs: a
+service connects to the first that answers and, when that connection drops, reconnects to the
+next one in the list (round the list, every RECONNECT_INTERVAL), restoring its channels and
+consumers there. One URL (a single broker, or a load balancer in front of a cluster) works as
+before.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractQueue,
-    AbstractRobustConnection,
 )
+from aio_pika.exceptions import ChannelPreconditionFailed
+from yarl import URL
 
 from acme_orders.events import EXCHANGE
 from acme_orders.outbox import OutboxRow
@@ -28,6 +38,8 @@ DEAD_LETTER_EXCHANGE = "acme.events.dlx"
 DELIVERY_LIMIT = 10
 # Seconds between attempts to reconnect to RabbitMQ.
 RECONNECT_INTERVAL = 1.0
+# Seconds one node may take to accept a connection before the next one is tried.
+CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +54,75 @@ class QueueSpec:
         return f"{self.name}.dlq"
 
 
-async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A connection that reconnects by itself and restores its channels, queues and consumers.
+class MultiNodeConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection, which reconnects to the next node of a list each time it
+    (re)connects, instead of to the same one forever: after a node dies its clients move to the
+    others, and a node that is down is only tried again once the others were.
 
-    aio-pika retries at a fixed interval; its default of 5 s would leave orders waiting after a
-    blip, so ours is shorter unless RABBITMQ_URL sets ``?reconnect_interval=N`` itself."""
-    in_url = "reconnect_interval" in parse_qs(urlsplit(settings.rabbitmq_url).query)
-    return await aio_pika.connect_robust(
-        settings.rabbitmq_url,
-        client_properties={"connection_name": f"acme-orders {name}"},
-        # aio-pika ignores a None keyword, and then reads the URL's.
-        reconnect_interval=None if in_url else RECONNECT_INTERVAL,
-    )
+    aio-pika has no hook for this; its reconnect loop calls `__connect_transport` for every
+    attempt, which this class extends (name-mangled, so spelled out): it points `url`, which the
+    attempt reads, at the next node first. aio-pika is pinned, and the tests of this class would
+    catch a change of that loop."""
+
+    def __init__(self, nodes: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(URL(nodes[0]), **kwargs)
+        self._nodes = [URL(node) for node in nodes]
+        self._next = 0
+
+    async def _RobustConnection__connect_transport(self) -> None:  # noqa: N802 (aio-pika's name)
+        self.url = self._nodes[self._next % len(self._nodes)]
+        self._next += 1
+        await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+
+
+def _reconnect_interval(url: str) -> float | None:
+    # aio-pika retries at a fixed interval; its default of 5 s would leave orders waiting after a
+    # blip, so ours is shorter unless the URL sets ``?reconnect_interval=N`` itself (aio-pika
+    # ignores a None keyword, and then reads the URL's).
+    return None if "reconnect_interval" in parse_qs(urlsplit(url).query) else RECONNECT_INTERVAL
+
+
+async def connect(settings: Settings, name: str) -> MultiNodeConnection:
+    """A connection that reconnects by itself, to the next node of RABBITMQ_URL, and restores its
+    channels, queues and consumers there. Connects to the first node that answers; raises what
+    the last one raised when none does."""
+    nodes = settings.rabbitmq_nodes
+    failure: Exception | None = None
+    for first in range(len(nodes)):
+        connection = MultiNodeConnection(
+            nodes[first:] + nodes[:first],
+            client_properties={"connection_name": f"acme-orders {name}"},
+            reconnect_interval=_reconnect_interval(nodes[first]),
+        )
+        try:
+            await connection.connect(timeout=CONNECT_TIMEOUT)
+        except Exception as exc:
+            # Broad on purpose: a node that is down, starting, or refusing us all mean "try the
+            # next one".
+            failure = exc
+            await connection.close()
+            logger.warning("RabbitMQ node %s not reachable (%r)", connection, exc)
+            continue
+        return connection
+    assert failure is not None
+    raise failure
+
+
+async def connect_once(settings: Settings, name: str) -> AbstractConnection:
+    """A plain connection, for a one-shot job or a look: to the first node of RABBITMQ_URL that
+    answers. It does not reconnect: what it was doing fails, and the caller decides."""
+    failure: Exception | None = None
+    for node in settings.rabbitmq_nodes:
+        try:
+            return await aio_pika.connect(
+                node,
+                timeout=CONNECT_TIMEOUT,
+                client_properties={"connection_name": f"acme-orders {name}"},
+            )
+        except Exception as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
@@ -66,26 +135,53 @@ async def declare_dead_letter_exchange(channel: AbstractChannel) -> AbstractExch
     )
 
 
-async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+async def declare_quorum_queue(
+    channel: AbstractChannel, name: str, arguments: dict[str, Any], group_size: int
+) -> AbstractQueue:
+    """A durable quorum queue of `group_size` members (as many as the cluster has, if fewer).
+
+    The group size only counts when the queue is created, and RabbitMQ refuses a declare whose
+    size differs from the queue's (one made before the setting, or with another value): such a
+    queue is taken as it is (a passive declare), keeps the members it has, and the log says so
+    (RabbitMQ's `rabbitmq-queues grow`/`shrink` change them)."""
+    arguments = {"x-queue-type": "quorum", **arguments}
+    try:
+        return await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={**arguments, "x-quorum-initial-group-size": group_size},
+        )
+    except ChannelPreconditionFailed as exc:
+        if "x-quorum-initial-group-size" not in str(exc):
+            raise
+        logger.info("queue %s exists with another group size; it keeps its members (%s)", name, exc)
+    # The refusal closed the channel.
+    await channel.reopen()
+    return await channel.declare_queue(name, passive=True)
+
+
+async def declare_queue(
+    channel: AbstractChannel, spec: QueueSpec, group_size: int
+) -> AbstractQueue:
     """Declare the queue, its bindings and its dead-letter queue; safe to repeat.
 
     Quorum queues, so that RabbitMQ itself counts deliveries and dead-letters a message that was
-    delivered DELIVERY_LIMIT times, whatever happened to the consumers that got it."""
+    delivered DELIVERY_LIMIT times, whatever happened to the consumers that got it, and so that a
+    cluster keeps them, and every message they have confirmed, while a majority of their
+    `group_size` members is up."""
     exchange = await declare_exchange(channel)
     dead_letters = await declare_dead_letter_exchange(channel)
-    dlq = await channel.declare_queue(
-        spec.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dlq = await declare_quorum_queue(channel, spec.dead_letter_queue, {}, group_size)
     await dlq.bind(dead_letters, routing_key=spec.name)
-    queue = await channel.declare_queue(
+    queue = await declare_quorum_queue(
+        channel,
         spec.name,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
+        {
             "x-delivery-limit": DELIVERY_LIMIT,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": spec.name,
         },
+        group_size,
     )
     for routing_key in spec.routing_keys:
         await queue.bind(exchange, routing_key=routing_key)
@@ -95,12 +191,12 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQu
 async def declare_topology(settings: Settings, queues: list[QueueSpec]) -> None:
     """Declare the exchanges and the given queues, so that events published before a consumer
     first starts wait in its queue instead of being dropped as unroutable."""
-    connection = await aio_pika.connect(settings.rabbitmq_url)
+    connection = await connect_once(settings, "migrate")
     async with connection:
         channel = await connection.channel()
         await declare_exchange(channel)
         for spec in queues:
-            await declare_queue(channel, spec)
+            await declare_queue(channel, spec, settings.quorum_group_size)
             logger.info("declared queue %s -> %s", spec.name, ", ".join(spec.routing_keys))
 
 

@@ -5,9 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def rabbitmq_nodes(rabbitmq_url: str) -> list[str]:
+    """The nodes RABBITMQ_URL names, in its order: one AMQP URL, or several separated by commas."""
+    return [node.strip() for node in rabbitmq_url.split(",") if node.strip()]
 
 
 class Settings(BaseSettings):
@@ -30,7 +36,22 @@ class Settings(BaseSettings):
     )
     rabbitmq_url: str = Field(
         "amqp://guest:guest@127.0.0.1:5672/",
-        description="AMQP URL of RabbitMQ; its vhost is honoured.",
+        description=(
+            "AMQP URL of RabbitMQ; its vhost is honoured. Several nodes of a cluster: their URLs "
+            "separated by commas; a service connects to the first that answers and, when that "
+            "connection drops, to the next."
+        ),
+    )
+    quorum_group_size: int = Field(
+        3,
+        ge=1,
+        le=99,
+        description=(
+            "Members of each quorum queue when it is created: on a cluster of at least this "
+            "many nodes, a queue and every message it confirmed survive the loss of a minority "
+            "of them; a smaller cluster gives each queue all its nodes. Changing it does not "
+            "change queues that exist (rabbitmq-queues grow/shrink does)."
+        ),
     )
     payment_success_rate: float = Field(
         1.0, ge=0.0, le=1.0, description="Probability that a simulated charge succeeds."
@@ -198,6 +219,22 @@ class Settings(BaseSettings):
                 pass
         return value
 
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_urls(cls, value: str) -> str:
+        nodes = rabbitmq_nodes(value)
+        if not nodes:
+            raise ValueError("RABBITMQ_URL names no node")
+        for node in nodes:
+            parts = urlsplit(node)
+            if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
+                raise ValueError(
+                    f"RABBITMQ_URL: {parts.scheme or '(no scheme)'}://{parts.hostname or ''}... is "
+                    "not an AMQP URL (amqp://user:password@host:port/vhost; several separated by "
+                    "commas)"
+                )
+        return value
+
     @field_validator("log_format", mode="before")
     @classmethod
     def _log_format_in_any_case(cls, value: object) -> object:
@@ -208,6 +245,10 @@ class Settings(BaseSettings):
     def _empty_endpoint_is_unset(cls, value: object) -> object:
         # OpenTelemetry reads an empty variable as unset; so do we.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def rabbitmq_nodes(self) -> list[str]:
+        return rabbitmq_nodes(self.rabbitmq_url)
 
     @model_validator(mode="after")
     def _processed_events_outlive_redeliveries(self) -> Self:

@@ -260,7 +260,7 @@ async def delivered(
     connection = await aio_pika.connect_robust(settings.rabbitmq_url)
     async with connection:
         channel: AbstractChannel = await connection.channel(publisher_confirms=True)
-        queue = await declare_queue(channel, spec)
+        queue = await declare_queue(channel, spec, settings.quorum_group_size)
         exchange = await channel.get_exchange(EXCHANGE)
         for event in events:
             await exchange.publish(

@@ -82,7 +82,7 @@ async def running(
     settings: Settings, channel: AbstractChannel, queue_spec: QueueSpec
 ) -> AsyncIterator[Recorder]:
     """serve_consumers running a Recorder on the test's own queue."""
-    await declare_queue(channel, queue_spec)
+    await declare_queue(channel, queue_spec, settings.quorum_group_size)
     recorder = Recorder()
     consumer = Consumer("testsvc", queue_spec, [Route(OrderPlaced, recorder)])
     stop = asyncio.Event()
@@ -129,7 +129,7 @@ async def test_poison_message_goes_to_the_dead_letter_queue_with_its_reason(
 async def test_event_for_an_order_that_does_not_exist_is_dead_lettered(
     settings: Settings, channel: AbstractChannel, queue_spec: QueueSpec
 ) -> None:
-    await declare_queue(channel, queue_spec)
+    await declare_queue(channel, queue_spec, settings.quorum_group_size)
     stop = asyncio.Event()
     consumer = Consumer("testsvc", queue_spec, [Route(OrderPlaced, reserve_stock)])
     task = asyncio.create_task(serve_consumers(settings, stop, "testsvc", [consumer]))

@@ -28,10 +28,10 @@ def env_settings(fresh_env: TestEnvironment) -> Settings:
 
 
 @pytest.fixture
-async def queue_spec(fresh_channel: AbstractChannel) -> QueueSpec:
+async def queue_spec(fresh_channel: AbstractChannel, env_settings: Settings) -> QueueSpec:
     key = f"test.{secrets.token_hex(4)}"
     spec = QueueSpec(f"testsvc.{key}", (key,))
-    await declare_queue(fresh_channel, spec)
+    await declare_queue(fresh_channel, spec, env_settings.quorum_group_size)
     return spec
 
 
@@ -216,7 +216,7 @@ async def test_replay_to_the_queue_only_not_to_other_subscribers(
 ) -> None:
     # Another service bound to the same routing key must not get the replayed event again.
     other = QueueSpec(f"othersvc.{queue_spec.routing_keys[0]}", queue_spec.routing_keys)
-    await declare_queue(fresh_channel, other)
+    await declare_queue(fresh_channel, other, env_settings.quorum_group_size)
     await park(fresh_channel, queue_spec, event_body()[0], "some reason", type_="OrderPlaced")
 
     assert await replay_dead_letters(env_settings, queue_spec.name, None) == 1

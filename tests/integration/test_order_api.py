@@ -12,8 +12,9 @@ import asyncpg
 import httpx
 import pytest
 
+from acme_orders.order_api.app import create_app
 from acme_orders.settings import Settings
-from tests.conftest import NewProduct, api_client, stock_of
+from tests.conftest import NewProduct, api_client, app_client, stock_of
 
 # These tests are about orders, not about keys (test_api_security.py is): they call the API as the
 # quick start does, with no key and no rate limit.
@@ -417,3 +418,22 @@ async def test_an_empty_or_huge_idempotency_key_is_422(api: httpx.AsyncClient) -
             "/orders", json=order_body("TSHIRT-BLK-M"), headers={"Idempotency-Key": key}
         )
         assert response.status_code == 422, key
+
+
+async def test_a_connection_that_broke_as_its_server_died_is_a_503_not_a_500(
+    settings: Settings,
+) -> None:
+    # What asyncpg raised from a pooled connection at the moment a primary was killed.
+    app = create_app(settings.model_copy(update=OPEN_API))
+
+    @app.get("/dying")
+    async def dying() -> None:
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation is in progress"
+        )
+
+    async with app_client(app) as client:
+        response = await client.get("/dying")
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from uuid import UUID, uuid4
@@ -12,9 +13,17 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from acme_orders.events import EXCHANGE
-from acme_orders.messaging import declare_exchange
+from acme_orders.messaging import connect, declare_exchange
 from acme_orders.publisher.relay import relay_outbox_batch
+from acme_orders.publisher.service import (
+    FIRST_PAUSE,
+    MAX_PAUSE,
+    next_pause,
+    open_exchange,
+    relay_until_stopped,
+)
 from tests.environment import TestEnvironment
+from tests.waiting import wait_until
 
 
 async def insert_events(pool: asyncpg.Pool, routing_key: str, n: int) -> list[UUID]:
@@ -83,3 +92,54 @@ async def test_rows_stay_new_when_the_broker_refuses_the_batch(
         "SELECT status FROM event_outbox WHERE event_id = ANY($1::uuid[])", ids
     )
     assert {r["status"] for r in statuses} == {"NEW"}
+
+
+async def test_after_a_nacked_batch_the_relay_publishes_on_a_fresh_channel(
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool, fresh_channel: AbstractChannel
+) -> None:
+    key = f"test.{secrets.token_hex(4)}"
+    # A queue that refuses every message: the broker nacks what is routed to it, as it may nack
+    # a channel's publishes to a quorum queue whose leader died.
+    refusing = await fresh_channel.declare_queue(
+        f"refusing.{key}", arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    await refusing.bind(EXCHANGE, key)
+    ids = await insert_events(fresh_pool, key, 3)
+    settings = fresh_env.settings()
+    stop = asyncio.Event()
+    connection = await connect(settings, "test")
+    try:
+        first = await open_exchange(connection)
+        relay = asyncio.create_task(
+            relay_until_stopped(settings, fresh_pool, connection, stop, first)
+        )
+        try:
+            # The nacked batch stays NEW, and the channel it went out on is given up.
+            await wait_until(
+                lambda: asyncio.sleep(0, first.channel.is_closed), what="a new channel"
+            )
+            await refusing.delete(if_unused=False, if_empty=False)
+
+            async def all_sent() -> bool:
+                rows = await fresh_pool.fetch(
+                    "SELECT status FROM event_outbox WHERE event_id = ANY($1::uuid[])", ids
+                )
+                return {r["status"] for r in rows} == {"SENT"}
+
+            await wait_until(all_sent, what="the batch relayed on the new channel")
+        finally:
+            stop.set()
+            await relay
+    finally:
+        await connection.close()
+
+
+def test_the_pause_after_failed_batches_never_outgrows_a_second() -> None:
+    pause = FIRST_PAUSE
+    pauses = []
+    for _ in range(20):
+        pauses.append(pause)
+        pause = next_pause(pause)
+
+    assert pauses[:4] == [0.1, 0.2, 0.4, 0.8]
+    assert max(pauses) == MAX_PAUSE <= 1.0

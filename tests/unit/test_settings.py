@@ -110,3 +110,17 @@ def test_the_rate_limit_is_on_by_default_and_zero_turns_it_off(
 def test_limits_that_make_no_sense_are_refused(field: str, value: float) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_rabbitmq_url_may_name_several_nodes() -> None:
+    settings = Settings(rabbitmq_url="amqp://u:p@node1:5672/v, amqp://u:p@node2:5672/v,")
+
+    assert settings.rabbitmq_nodes == ["amqp://u:p@node1:5672/v", "amqp://u:p@node2:5672/v"]
+
+
+@pytest.mark.parametrize(
+    "url", ["", " , ", "http://node1:5672/", "amqp://node1/,node2:5672", "node1:5672"]
+)
+def test_rabbitmq_url_that_names_no_amqp_node_is_refused(url: str) -> None:
+    with pytest.raises(ValidationError, match="RABBITMQ_URL"):
+        Settings(rabbitmq_url=url)

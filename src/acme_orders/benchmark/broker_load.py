@@ -23,6 +23,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from acme_orders.events import OrderLine, OrderPlaced
 from acme_orders.messaging import QueueSpec, declare_exchange, declare_queue
+from acme_orders.settings import get_settings
 
 QUEUE = QueueSpec("bench.ceiling", ("bench.ceiling",))
 # Publishes awaiting their confirm at any moment: as the outbox publisher does with a batch.
@@ -56,7 +57,7 @@ async def publish(url: str, seconds: float) -> dict[str, Any]:
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await declare_exchange(channel)
-        await declare_queue(channel, QUEUE)
+        await declare_queue(channel, QUEUE, get_settings().quorum_group_size)
         await _start_signal()
         confirmed = 0
         started = time.monotonic()
@@ -87,7 +88,7 @@ async def consume(url: str, seconds: float, prefetch: int) -> dict[str, Any]:
     async with connection:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await declare_queue(channel, QUEUE)
+        queue = await declare_queue(channel, QUEUE, get_settings().quorum_group_size)
         await _start_signal()
         acked = 0
         started = time.monotonic()

@@ -37,6 +37,10 @@ DATABASE_UNAVAILABLE = (
     # Still a deadlock or serialization failure after retrying: busy, not broken.
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
+    # What a pooled connection raises when it is used at the moment its server dies (a primary
+    # killed: "cannot switch to state 12; another operation is in progress"): the connection is
+    # finished, the next one goes to the server that is up.
+    asyncpg.InternalClientError,
 )
 
 

@@ -29,7 +29,6 @@ from datetime import timedelta
 from importlib import resources
 from typing import Any
 
-import aio_pika
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -39,6 +38,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from acme_orders import catalogue
 from acme_orders.database import Connection
+from acme_orders.messaging import connect_once
 from acme_orders.order_api.routes import Pool
 from acme_orders.order_api.security import Admin
 from acme_orders.orders import OrderStatus
@@ -197,7 +197,7 @@ class Snapshots:
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
-        self._broker = QueueGauge(settings.rabbitmq_url)
+        self._broker = QueueGauge(settings)
         self._counts: dict[str, Any] | None = None
         self._counted_at = -COUNTS_INTERVAL
 
@@ -291,8 +291,8 @@ class QueueGauge:
     """Messages ready in each consumer queue and in its dead-letter queue, read with passive
     declares (which change nothing) over one connection of the board's own."""
 
-    def __init__(self, url: str) -> None:
-        self._url = url
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._retry_at = 0.0
@@ -328,11 +328,7 @@ class QueueGauge:
 
     async def _ready(self, queue: str) -> int | None:
         if self._connection is None or self._connection.is_closed:
-            self._connection = await aio_pika.connect(
-                self._url,
-                timeout=BROKER_BUDGET,
-                client_properties={"connection_name": "acme-orders api board"},
-            )
+            self._connection = await connect_once(self._settings, "api board")
         if self._channel is None or self._channel.is_closed:
             self._channel = await self._connection.channel(publisher_confirms=False)
         try:

@@ -5,11 +5,13 @@ status)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import asyncpg
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from acme_orders.housekeeping import purge_all
 from acme_orders.messaging import declare_exchange
@@ -23,12 +25,17 @@ from acme_orders.observability.metrics import (
     set_outbox_gauges,
 )
 from acme_orders.publisher.relay import listen_for_outbox, relay_outbox_batch
-from acme_orders.runtime import open_connections, wait_any, wait_or_stop
+from acme_orders.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
 from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "publisher"
+# Seconds between attempts to relay after a failed batch: from FIRST_PAUSE, doubling up to
+# MAX_PAUSE. A low cap: an attempt costs one claim and one publish, and a long wait would outlast
+# the outage it waits for (a broker node failing over takes seconds).
+FIRST_PAUSE = 0.1
+MAX_PAUSE = 1.0
 # The first purge waits this long (or HOUSEKEEPING_INTERVAL, if shorter), so that a publisher
 # starting with a backlog relays it first.
 FIRST_HOUSEKEEPING_DELAY = 5.0
@@ -39,15 +46,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     async with open_connections(settings, stop, SERVICE, pool_size=2) as connections:
         if connections is None:
             return
-        channel = await connections.broker.channel(publisher_confirms=True)
-        exchange = await declare_exchange(channel)
-        logger.info("ready: relaying the outbox to %s", exchange.name)
+        publishing = await open_exchange(connections.broker)
+        logger.info("ready: relaying the outbox to %s", publishing.exchange.name)
         housekeeping = asyncio.create_task(
             housekeep_until_stopped(settings, connections.pool, stop)
         )
         gauges = asyncio.create_task(sample_gauges_until_stopped(connections.pool, stop))
         try:
-            await relay_until_stopped(settings, connections.pool, exchange, stop)
+            await relay_until_stopped(
+                settings, connections.pool, connections.broker, stop, publishing
+            )
         finally:
             # A purge cut short is a rolled-back batch; the next run does it again.
             housekeeping.cancel()
@@ -55,24 +63,57 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             await asyncio.gather(housekeeping, gauges, return_exceptions=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Publishing:
+    """The channel the relay publishes on, with publisher confirms, and `acme.events` on it."""
+
+    channel: AbstractChannel
+    exchange: AbstractExchange
+
+
+async def open_exchange(broker: AbstractRobustConnection) -> Publishing:
+    channel = await broker.channel(publisher_confirms=True)
+    return Publishing(channel, await declare_exchange(channel))
+
+
+def next_pause(pause: float) -> float:
+    """The wait before the next attempt after a failed batch: doubling from FIRST_PAUSE, but never
+    above MAX_PAUSE, so that the relay is back within a second of the outage's end."""
+    return min(pause * 2, MAX_PAUSE)
+
+
 async def relay_until_stopped(
-    settings: Settings, pool: asyncpg.Pool, exchange: AbstractExchange, stop: asyncio.Event
+    settings: Settings,
+    pool: asyncpg.Pool,
+    broker: AbstractRobustConnection,
+    stop: asyncio.Event,
+    publishing: Publishing | None = None,
 ) -> None:
+    """Relay batches until stopped, on `publishing` and, after a failed batch, on a new one."""
     wakeup = asyncio.Event()
     listener = asyncio.create_task(listen_for_outbox(settings, wakeup, stop))
-    pause = 0.1
+    pause = FIRST_PAUSE
     try:
         while not stop.is_set():
             wakeup.clear()
             try:
-                relayed = await relay_outbox_batch(pool, exchange, settings.outbox_batch_size)
+                if publishing is None:
+                    publishing = await open_exchange(broker)
+                relayed = await relay_outbox_batch(
+                    pool, publishing.exchange, settings.outbox_batch_size
+                )
             except Exception as exc:
                 # The broker or the database is away; the rows stay NEW until they are back.
                 logger.warning("relay failed (%r); retrying in %.1fs", exc, pause)
+                # On a fresh channel: one whose publishes were nacked (a quorum queue whose leader
+                # died, in RabbitMQ 3.10) can go on being nacked until that node is back.
+                if publishing is not None:
+                    await close_quietly(publishing.channel)
+                    publishing = None
                 await wait_or_stop(stop, pause)
-                pause = min(pause * 2, 10.0)
+                pause = next_pause(pause)
                 continue
-            pause = 0.1
+            pause = FIRST_PAUSE
             if relayed == settings.outbox_batch_size:
                 continue  # a full batch: there is probably more
             # Asleep until a NOTIFY, a stop, or the slow poll that covers a missed NOTIFY.
@@ -80,6 +121,12 @@ async def relay_until_stopped(
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+async def close_quietly(channel: AbstractChannel) -> None:
+    """Close a channel that failed, within CLOSE_TIMEOUT, whatever state it is in."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT)
 
 
 async def housekeep_until_stopped(
