@@ -135,9 +135,9 @@ def admin_url(settings: Settings) -> str:
     if settings.database_admin_url:
         return settings.database_admin_url
     parts = urlsplit(settings.database_url)
-    host = parts.hostname or "127.0.0.1"
-    netloc = f"postgres@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, "/postgres", parts.query, ""))
+    # The host part as it is: one host[:port], or libpq's list of them (h1:5432,h2:5432).
+    hosts = parts.netloc.rsplit("@", 1)[-1] or "127.0.0.1"
+    return urlunsplit((parts.scheme, f"postgres@{hosts}", "/postgres", parts.query, ""))
 
 
 async def ensure_database(settings: Settings) -> None:

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
+from acme_orders.database import admin_url
 from acme_orders.settings import Settings
 
 
@@ -124,3 +125,21 @@ def test_rabbitmq_url_may_name_several_nodes() -> None:
 def test_rabbitmq_url_that_names_no_amqp_node_is_refused(url: str) -> None:
     with pytest.raises(ValidationError, match="RABBITMQ_URL"):
         Settings(rabbitmq_url=url)
+
+
+@pytest.mark.parametrize(
+    ("database_url", "admin"),
+    [
+        (
+            "postgresql://acme:pw@db.example:5433/acme",
+            "postgresql://postgres@db.example:5433/postgres",
+        ),
+        ("postgresql://acme@127.0.0.1/acme", "postgresql://postgres@127.0.0.1/postgres"),
+        (
+            "postgresql://acme:pw@h1:5432,h2:5433/acme?target_session_attrs=read-write",
+            "postgresql://postgres@h1:5432,h2:5433/postgres?target_session_attrs=read-write",
+        ),
+    ],
+)
+def test_the_admin_dsn_is_postgres_on_the_same_hosts(database_url: str, admin: str) -> None:
+    assert admin_url(Settings(database_url=database_url)) == admin
