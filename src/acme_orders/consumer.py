@@ -29,7 +29,7 @@ import orjson
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from acme_orders.database import Connection
+from acme_orders.database import Connection, is_transient
 from acme_orders.events import Event, caused_by
 from acme_orders.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
 from acme_orders.observability import tracing
@@ -44,21 +44,9 @@ logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Event)
 
-RETRY_PAUSE_MAX = 5.0
-
-# Errors that say nothing about the message: the database is away, restarting, or chose this
-# transaction as a deadlock or serialization victim. The batch is retried in place, unacked,
-# so an outage does not use up its deliveries and send good orders to the dead-letter queue.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-)
+# The longest wait between two attempts at a batch while the database is away: short, so that
+# orders move again within a second of its return (a failover takes a few seconds).
+RETRY_PAUSE_MAX = 1.0
 
 Handler = Callable[[Sequence[E], Connection], Awaitable[Sequence[Event]]]
 
@@ -249,7 +237,12 @@ class ConsumerRunner:
                 handled, duplicates = await self.handle_once(deliveries)
                 self.metrics.handler_seconds.observe(time.perf_counter() - started)
                 break
-            except TRANSIENT_DB_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    await self.handle_failure(deliveries, exc)
+                    return
+                # Nothing wrong with the messages: retried in place, unacked, so that an outage
+                # does not use up their deliveries and send good orders to the dead-letter queue.
                 self.metrics.db_retries.inc()
                 logger.warning(
                     "database unavailable handling %d event(s) on %s (%r); retrying in %.1fs",
@@ -263,17 +256,6 @@ class ConsumerRunner:
                     self.gave_back = True
                     return
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
-            except Exception as exc:
-                if len(deliveries) > 1:
-                    # One event spoilt the batch; alone, each meets its own fate.
-                    for delivery in deliveries:
-                        await self.handle([delivery])
-                elif isinstance(exc, UnprocessableEventError):
-                    with event_log_context(deliveries[0].event):
-                        await self.dead_letter(deliveries[0].message, str(exc))
-                else:
-                    self.retry_later(deliveries[0], exc)
-                return
 
         self.metrics.settled(handled, duplicates)
         for event in duplicates:
@@ -287,6 +269,18 @@ class ConsumerRunner:
         # Ack only now that the transaction has committed: a crash before this line redelivers
         # the messages, and processed_events turns the redelivery into a no-op.
         await self.ack(delivery.message for delivery in deliveries)
+
+    async def handle_failure(self, deliveries: Sequence[Delivery], exc: Exception) -> None:
+        """A batch that failed for a reason of its own: alone, each event meets its own fate; one
+        that can never succeed is dead-lettered, any other retried later."""
+        if len(deliveries) > 1:
+            for delivery in deliveries:
+                await self.handle([delivery])
+        elif isinstance(exc, UnprocessableEventError):
+            with event_log_context(deliveries[0].event):
+                await self.dead_letter(deliveries[0].message, str(exc))
+        else:
+            self.retry_later(deliveries[0], exc)
 
     async def ack(self, messages: Iterable[AbstractIncomingMessage]) -> None:
         """Ack the messages of a batch: with one multiple-ack when that takes exactly them, else

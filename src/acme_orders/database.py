@@ -25,6 +25,31 @@ BASELINE = "init.sql"
 _MIGRATION_LOCK_KEY = 0x0ACE_0DE5
 
 
+# SQLSTATEs that say nothing about the work, only that the database cannot do it now: it is
+# away, starting, shutting down or failing over (class 08 connection exceptions, 57P01-57P03
+# operator intervention, 25006 a read-only transaction on a server that just stopped being the
+# primary), overloaded (class 53: too many connections, out of memory or disk), or it chose this
+# transaction as a deadlock or serialization victim (40P01, 40001). Retried, the same work
+# succeeds once the cause has passed.
+TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
+TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006", "40001", "40P01"})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a database error means "not now" rather than "never": the one answer the API (503
+    with Retry-After), the consumers (retry in place, the message's deliveries untouched) and the
+    publisher (retry the batch) act on."""
+    if isinstance(error, asyncpg.PostgresError):
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        return sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES
+    # No SQLSTATE: the connection itself broke (refused, reset, timed out, closed under a
+    # query), or was used at the moment its server died (asyncpg's InternalClientError, "cannot
+    # switch to state 12").
+    return isinstance(
+        error, (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    )
+
+
 async def create_pool(
     settings: Settings, *, min_size: int = 1, max_size: int | None = None
 ) -> asyncpg.Pool:

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders import __version__
 from acme_orders.api_keys import ApiKeyCache
-from acme_orders.database import close_pool, create_pool
+from acme_orders.database import close_pool, create_pool, is_transient
 from acme_orders.order_api.board import board
 from acme_orders.order_api.docs_routes import docs
 from acme_orders.order_api.http_metrics import HttpMetrics, metrics
@@ -26,20 +26,13 @@ from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-# What a vanished, restarting or overloaded database raises; the client gets a 503 and may retry.
-DATABASE_UNAVAILABLE = (
+# What a database error may be; database.is_transient tells which of them mean "try again
+# shortly" (503), and the rest stay errors (500).
+DATABASE_ERRORS = (
     OSError,
     TimeoutError,
+    asyncpg.PostgresError,
     asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    # Still a deadlock or serialization failure after retrying: busy, not broken.
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    # What a pooled connection raises when it is used at the moment its server dies (a primary
-    # killed: "cannot switch to state 12; another operation is in progress"): the connection is
-    # finished, the next one goes to the server that is up.
     asyncpg.InternalClientError,
 )
 
@@ -146,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(docs)
     app.include_router(metrics)
 
-    for error in DATABASE_UNAVAILABLE:
+    for error in DATABASE_ERRORS:
         app.add_exception_handler(error, database_unavailable)
     return app
 
@@ -175,6 +168,9 @@ def log_access_policy(settings: Settings) -> None:
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    if not is_transient(exc):
+        # Not an outage: a bug or a broken schema, answered 500 like any other error.
+        raise exc
     logger.warning("database unavailable: %r", exc)
     return JSONResponse(
         {"detail": "the database is unavailable; nothing was stored, try again shortly"},
