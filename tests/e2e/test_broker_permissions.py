@@ -32,7 +32,7 @@ from acme_orders.inventory.service import ORDER_PLACED_QUEUE
 from acme_orders.orders import FINAL_STATUSES
 from acme_orders.payment.service import QUEUES as PAYMENT_QUEUES
 from tests.e2e.conftest import start_service
-from tests.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
+from tests.environment import RABBITMQ_BASE_URL, RABBITMQCTL, TestEnvironment, rabbitmqctl
 from tests.processes import ServiceProcess, free_port, stop_all
 from tests.waiting import wait_until
 
@@ -44,9 +44,13 @@ ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
 
 
 def import_definitions(document: dict[str, Any]) -> None:
-    """`rabbitmqctl import_definitions FILE`. The file must be readable by the broker's own user,
-    which Debian's rabbitmqctl runs as (and which cannot read stdin through its wrapper); it
-    holds no secret."""
+    """`rabbitmqctl import_definitions`. A broker in a container (TEST_RABBITMQCTL) cannot see our
+    files, so it reads the definitions from stdin. The local one reads a file, readable by the
+    broker's own user, which Debian's rabbitmqctl runs as (and which cannot read stdin through its
+    wrapper); it holds no secret."""
+    if RABBITMQCTL != ["rabbitmqctl"]:
+        rabbitmqctl("import_definitions", stdin=json.dumps(document))
+        return
     descriptor, path = tempfile.mkstemp(prefix="acme-definitions-", suffix=".json")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:
