@@ -9,16 +9,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/servers.sh
 
-# install_program COMMAND DEBIAN_PACKAGE [WHO_NEEDS_IT]: with apt-get as root when missing;
-# otherwise say how.
-install_program() {
-    local needed_by=${3:-acme-orders bench}
-    command -v "$1" >/dev/null && return 0
+# need_package PACKAGE WHAT_FOR: install it with apt-get as root; otherwise say how.
+need_package() {
     if have_apt_as_root; then
-        echo "==> installing $2 (for $1)"
-        apt_install "$2" || echo "could not install $2; $needed_by needs $1" >&2
+        echo "==> installing $1 ($2)"
+        apt_install "$1" || echo "could not install $1; $2" >&2
     else
-        echo "$1 is missing; $needed_by needs it: apt-get install $2 (as root)" >&2
+        echo "$1 is missing; $2: apt-get install $1 (as root)" >&2
     fi
 }
 
@@ -30,9 +27,14 @@ fi
 
 bring_up_servers "${1:?bootstrap.sh is sourced with run or test}"
 
-install_program wrk wrk
-install_program pgbench postgresql-client
-install_program chromium chromium "the live board's browser test (tests/e2e/test_timeline_and_board.py)"
+command -v wrk >/dev/null || need_package wrk "acme-orders bench needs wrk"
+command -v pgbench >/dev/null || need_package postgresql-client "acme-orders bench needs pgbench"
+command -v chromium >/dev/null \
+    || need_package chromium "the live board's browser test (tests/e2e/test_timeline_and_board.py) needs it"
+# Playwright drives Chromium through a node binary in its wheel, which needs libatomic: a minimal
+# Debian lacks it.
+grep -q 'libatomic\.so\.1 ' <(PATH=$PATH:/usr/sbin:/sbin ldconfig -p) \
+    || need_package libatomic1 "Playwright's driver, for the browser test, needs libatomic.so.1"
 
 # Debian and Ubuntu ship the interpreter's ensurepip, which venv needs, in a package of its own.
 # A .venv that such a venv left without pip (it has no stamp: nothing was installed) is made again.
@@ -42,14 +44,9 @@ if [ ! -f "$stamp" ] && [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import
 fi
 if [ ! -x .venv/bin/python ]; then
     if ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
-        venv_package="python$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
-        if have_apt_as_root; then
-            echo "==> installing $venv_package (python -m venv needs it)"
-            apt_install "$venv_package" || { echo "apt-get could not install $venv_package" >&2; exit 1; }
-        else
-            echo "$PYTHON has no ensurepip, which python -m venv needs: apt-get install $venv_package (as root)" >&2
-            exit 1
-        fi
+        need_package "python$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv" \
+            "python -m venv needs the ensurepip it holds"
+        "$PYTHON" -c 'import ensurepip' 2>/dev/null || exit 1
     fi
     echo "==> creating .venv"
     "$PYTHON" -m venv .venv || { rm -rf .venv; exit 1; }

@@ -190,7 +190,7 @@ compose_setting() {
     if [ -n "${!1:-}" ]; then
         echo "${!1}"
     elif [ -f .env ] && grep -q "^$1=" .env; then
-        grep "^$1=" .env | tail -n 1 | cut -d= -f2-
+        grep "^$1=" .env | tail -n 1 | cut -d= -f2- | sed -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'$/\1/"
     else
         echo "$2"
     fi
