@@ -10,7 +10,8 @@
 # default; uncommitted changes are not part of the check), and inside, as root:
 #   1. runs ./scripts/run.sh until the README's happy-path order (curl POST /orders) is answered
 #      201 and reaches "paid", then stops it with SIGTERM and requires a clean exit;
-#   2. runs ./scripts/test.sh and requires it to pass.
+#   2. stops PostgreSQL and RabbitMQ (as a reboot would), runs ./scripts/test.sh, and requires it
+#      to start them again and pass.
 # Everything it made is removed at the end, however it ends: the machine's processes, mounts,
 # network namespace, veth pair and the iptables rules it added; net.ipv4.ip_forward is put back.
 # What a crashed run left (named with a pid that is gone) is swept first.
@@ -363,7 +364,8 @@ step_done
 step "SIGTERM to run.sh: a clean exit"
 # run.sh, which exec'd acme-orders run all, is the child of nsenter's that is in the machine's PID
 # namespace (the other one is the shell feeding tee).
-for child in $(cat "/proc/$run_pid/task/$run_pid/children"); do
+read -ra children <"/proc/$run_pid/task/$run_pid/children"
+for child in "${children[@]}"; do
     if [ "$(readlink "/proc/$child/ns/pid")" = "$(readlink "/proc/$machine/ns/pid")" ]; then
         kill -TERM "$child"
     fi
@@ -383,10 +385,20 @@ done
 echo "    exit status 0, no service left running"
 step_done
 
+step "PostgreSQL and RabbitMQ stopped, as by a reboot"
+# So that test.sh finds them installed (by run.sh) but down, and has to start them again.
+# shellcheck disable=SC2016 # expanded in the machine
+"${in_machine[@]}" 'pg_lsclusters --no-header | while read -r version name _; do
+        pg_ctlcluster "$version" "$name" stop; done && rabbitmqctl -q stop' </dev/null
+step_done
+
 step "./scripts/test.sh"
 timeout --kill-after=10 "$(seconds_left 1200)" "${in_machine[@]}" 'cd /root/acme-orders && ./scripts/test.sh' \
     </dev/null > >(tee "$work/test.log" | sed -u 's/^/    test.sh | /') 2>&1 &
 wait $! && test_status=0 || test_status=$?
 [ "$test_status" = 0 ] || fail "test.sh exited with status $test_status"
+for server in PostgreSQL RabbitMQ; do
+    grep -q "^==> starting $server" "$work/test.log" || fail "test.sh did not start $server again"
+done
 echo "    $(grep -E '^=+ .*(passed|failed).* =+$' "$work/test.log" | tail -n 1)"
 step_done
