@@ -174,7 +174,7 @@ abandoned_ids() {
 cleanup() {
     local status=$?
     set +e
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM ERR
     echo "==> cleaning up"
     local cleanup_started=$SECONDS
     tear_down "$id"
@@ -208,6 +208,8 @@ for other in $(abandoned_ids); do
     tear_down "$other"
 done
 trap cleanup EXIT
+# set -e stops at a failing command; say which.
+trap 'echo "FAILED: line $LINENO: $BASH_COMMAND" >&2' ERR
 trap 'echo "FAILED: interrupted (SIGINT)" >&2; exit 130' INT
 trap 'echo "FAILED: SIGTERM (the check'"'"'s deadline of $deadline s, or someone stopped it)" >&2; exit 143' TERM
 if ip route show | grep -q "^$net\."; then
@@ -364,7 +366,8 @@ step_done
 step "SIGTERM to run.sh: a clean exit"
 # run.sh, which exec'd acme-orders run all, is the child of nsenter's that is in the machine's PID
 # namespace (the other one is the shell feeding tee).
-read -ra children <"/proc/$run_pid/task/$run_pid/children"
+# (read fails at the end of the line, which has no newline, having read it.)
+read -ra children <"/proc/$run_pid/task/$run_pid/children" || true
 for child in "${children[@]}"; do
     if [ "$(readlink "/proc/$child/ns/pid")" = "$(readlink "/proc/$machine/ns/pid")" ]; then
         kill -TERM "$child"
