@@ -43,7 +43,7 @@ fi
 deadline=${BARE_CHECK_DEADLINE:-1500}
 # The whole check under timeout: at the deadline it gets SIGTERM, and cleans up (2 minutes at most).
 if [ -z "${BARE_CHECK_UNDER_TIMEOUT:-}" ]; then
-    BARE_CHECK_UNDER_TIMEOUT=1 exec timeout --kill-after=120 "$deadline" "$0" --ref "$ref"
+    BARE_CHECK_UNDER_TIMEOUT=1 exec timeout --kill-after=120 "$deadline" bash "$0" --ref "$ref"
 fi
 repo=$(git -C "$(dirname "${BASH_SOURCE[0]}")/.." rev-parse --show-toplevel)
 commit=$(git -C "$repo" rev-parse --verify "$ref^{commit}")
@@ -167,7 +167,7 @@ abandoned_ids() {
         find /var/tmp /run -maxdepth 1 -regex '.*/acme-bare-[0-9]+' -printf '%f\n'
         find "$cache" -maxdepth 1 -regex '.*/\(build-\|.*\.tmp-\)[0-9]+' -printf '%f\n'
     } | grep -o '[0-9]*$' | sort -un | while read -r other; do
-        [ "$other" != "$id" ] && ! kill -0 "$other" 2>/dev/null && echo "$other"
+        if [ "$other" != "$id" ] && ! kill -0 "$other" 2>/dev/null; then echo "$other"; fi
     done
 }
 
@@ -264,8 +264,11 @@ iptables -t nat -A POSTROUTING -s "$subnet" -m comment --comment "$tag" -j MASQU
 iptables -I FORWARD 1 -i "$(veth_host "$id")" -m comment --comment "$tag" -j ACCEPT
 iptables -I FORWARD 1 -o "$(veth_host "$id")" -m conntrack --ctstate RELATED,ESTABLISHED \
     -m comment --comment "$tag" -j ACCEPT
-# Nothing on this machine itself is reachable from the bare one, whatever address it listens on.
+# Nothing on this machine itself is reachable from the bare one, whatever address it listens on,
+# nor through a port that dockerd publishes (DNAT) for its containers.
 iptables -I INPUT 1 -i "$(veth_host "$id")" -m comment --comment "$tag" -j REJECT
+iptables -I FORWARD 1 -i "$(veth_host "$id")" -m conntrack --ctstate DNAT \
+    -m comment --comment "$tag" -j REJECT
 [ "$(cat "$state/ip_forward")" = 1 ] || sysctl -qw net.ipv4.ip_forward=1
 
 echo "$hostname" >"$root/etc/hostname"
@@ -297,7 +300,8 @@ mount --bind "$1/dev/pts/ptmx" "$1/dev/ptmx"
 mount -t tmpfs -o mode=1777 tmpfs "$1/dev/shm"
 exec chroot "$1" /bin/bash -c "trap \"\" TERM INT HUP; while :; do sleep 3600 & wait; done"'
 setpriv --pdeathsig KILL -- ip netns exec "$netns" \
-    unshare --uts --mount --pid --fork --kill-child -- bash -c "$machine_init" init "$root" "$hostname" &
+    unshare --uts --mount --pid --fork --kill-child -- bash -c "$machine_init" init "$root" "$hostname" \
+    9>&- &
 unshare_pid=$!
 disown "$unshare_pid" # killed with the machine: no "Killed" from the shell then
 machine=""
@@ -309,12 +313,14 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 [ -n "$machine" ] || fail "the machine did not start"
-# in_machine COMMAND_LINE: bash runs it in the machine as root, with a bare login's environment.
+# "${in_machine[@]}" COMMAND_LINE: bash runs it in the machine as root, with a bare login's
+# environment (and without the lock's descriptor: call it with 9>&-).
 in_machine=(nsenter --target "$machine" --mount --uts --net --pid --root --wd --
     /usr/bin/env -i "${machine_env[@]}" /bin/bash -c)
 
 ip netns exec "$netns" curl -sS -o /dev/null --noproxy '*' -m 30 "$mirror/dists/bookworm/Release" \
-    || fail "the machine cannot reach $mirror through NAT"
+    || fail "the machine cannot reach $mirror through NAT (with this machine's resolv.conf:" \
+        "$(grep -m1 '^nameserver' /etc/resolv.conf))"
 # The point of the namespace: this machine's servers answer on 127.0.0.1, the bare one's do not.
 for port in 5432 5672; do
     if ip netns exec "$netns" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null \
@@ -335,7 +341,7 @@ step_done
 
 api=http://localhost:8000
 step "./scripts/run.sh, until the happy-path order is answered 201"
-"${in_machine[@]}" 'cd /root/acme-orders && exec ./scripts/run.sh' </dev/null \
+"${in_machine[@]}" 'cd /root/acme-orders && exec ./scripts/run.sh' </dev/null 9>&- \
     > >(tee "$work/run.log" | sed -u 's/^/    run.sh | /') 2>&1 &
 run_pid=$!
 until_201=$((SECONDS + $(seconds_left 1200)))
@@ -392,12 +398,12 @@ step "PostgreSQL and RabbitMQ stopped, as by a reboot"
 # So that test.sh finds them installed (by run.sh) but down, and has to start them again.
 # shellcheck disable=SC2016 # expanded in the machine
 "${in_machine[@]}" 'pg_lsclusters --no-header | while read -r version name _; do
-        pg_ctlcluster "$version" "$name" stop; done && rabbitmqctl -q stop' </dev/null
+        pg_ctlcluster "$version" "$name" stop; done && rabbitmqctl -q stop' </dev/null 9>&-
 step_done
 
 step "./scripts/test.sh"
 timeout --kill-after=10 "$(seconds_left 1200)" "${in_machine[@]}" 'cd /root/acme-orders && ./scripts/test.sh' \
-    </dev/null > >(tee "$work/test.log" | sed -u 's/^/    test.sh | /') 2>&1 &
+    </dev/null 9>&- > >(tee "$work/test.log" | sed -u 's/^/    test.sh | /') 2>&1 &
 wait $! && test_status=0 || test_status=$?
 [ "$test_status" = 0 ] || fail "test.sh exited with status $test_status"
 for server in PostgreSQL RabbitMQ; do
