@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up and run every check: lint, types, and the test suite against the real PostgreSQL and
-# RabbitMQ (each run creates its own database and vhost, and removes them afterwards).
+# RabbitMQ (each run creates its own database and vhost, and removes them afterwards), brought up
+# first when none answers (containers of the tests' own, or Debian's packages: bootstrap.sh).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k happy_path
-source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh" test
 
 echo "==> ruff"
 ruff check .

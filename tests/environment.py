@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -26,17 +27,26 @@ ADMIN_DATABASE_URL = os.environ.get(
 )
 RABBITMQ_BASE_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQ_USER = os.environ.get("TEST_RABBITMQ_USER", "guest")
+# How to run rabbitmqctl where the broker runs, split as a shell would: a broker in a container is
+# reached with e.g. "docker exec -i acme-test-rabbitmq rabbitmqctl" (scripts/servers.sh).
+RABBITMQCTL = shlex.split(os.environ.get("TEST_RABBITMQCTL", "rabbitmqctl"))
 NAME_PATTERN = re.compile(r"^acme_test_(\d+)_[0-9a-f]+$")
 
 
-def rabbitmqctl(*args: str) -> str:
-    executable = shutil.which("rabbitmqctl")
+def rabbitmqctl(*args: str, stdin: str | None = None) -> str:
+    executable = shutil.which(RABBITMQCTL[0])
     if executable is None:
         raise RuntimeError(
-            "the tests create RabbitMQ vhosts with rabbitmqctl, which is not on PATH"
+            f"the tests create RabbitMQ vhosts with {shlex.join(RABBITMQCTL)}, and "
+            f"{RABBITMQCTL[0]} is not on PATH (TEST_RABBITMQCTL names another command)"
         )
     result = subprocess.run(
-        [executable, "-q", *args], capture_output=True, text=True, timeout=60, check=True
+        [executable, *RABBITMQCTL[1:], "-q", *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return result.stdout
 

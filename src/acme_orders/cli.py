@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -576,6 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
         "measure how fast it drains them; checks the queue then holds exactly N messages. "
         "Cannot be combined with --rate or --attach",
     )
+    bench.add_argument(
+        "--rabbitmqctl",
+        type=shlex.split,
+        default=["rabbitmqctl"],
+        metavar="COMMAND",
+        help="how to run rabbitmqctl, which creates and drops the bench's vhost, where RabbitMQ "
+        "runs, e.g. 'docker exec eda-rabbitmq rabbitmqctl' (default: rabbitmqctl)",
+    )
     return parser
 
 
@@ -601,6 +610,7 @@ def bench(args: argparse.Namespace) -> int:
             ceilings=args.ceilings,
             ceiling_seconds=args.ceiling_seconds,
             drain=args.drain,
+            rabbitmqctl=tuple(args.rabbitmqctl),
         )
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.environment import ADMIN_DATABASE_URL, rabbitmqctl
+from tests.environment import ADMIN_DATABASE_URL, RABBITMQCTL, rabbitmqctl
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +39,8 @@ async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> N
             "1",
             "--output",
             str(output),
+            "--rabbitmqctl",
+            shlex.join(RABBITMQCTL),
         ],
         capture_output=True,
         text=True,
@@ -78,7 +81,17 @@ async def test_bench_drain_measures_the_publisher_alone_and_removes_it(tmp_path:
 
     run = await asyncio.to_thread(
         subprocess.run,
-        [str(ACME_ORDERS), "bench", "--drain", "2000", "--no-ceilings", "--output", str(output)],
+        [
+            str(ACME_ORDERS),
+            "bench",
+            "--drain",
+            "2000",
+            "--no-ceilings",
+            "--output",
+            str(output),
+            "--rabbitmqctl",
+            shlex.join(RABBITMQCTL),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

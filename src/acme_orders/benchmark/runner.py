@@ -45,6 +45,8 @@ class BenchOptions:
     ceiling_seconds: int
     # --drain N: the publisher alone against a backlog of N rows, instead of the load.
     drain: int | None = None
+    # --rabbitmqctl: how to run rabbitmqctl where the broker runs (it makes and drops the vhost).
+    rabbitmqctl: tuple[str, ...] = ("rabbitmqctl",)
 
     @property
     def measured_seconds(self) -> float:
@@ -274,7 +276,7 @@ async def measure_ceilings(
     results: dict[str, Any] = {}
     try:
         if scratch is None:
-            scratch = made = await system.create_scratch(base)
+            scratch = made = await system.create_scratch(base, options.rabbitmqctl)
         _say(f"ceiling: database only (pgbench, {options.ceiling_seconds} s)")
         try:
             results["database"] = await ceilings.database_ceiling(
@@ -315,7 +317,7 @@ async def bench_drain(options: BenchOptions) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="acme-bench-logs-"))
     failed = True
     try:
-        scratch = await _fresh_scratch(base)
+        scratch = await _fresh_scratch(base, options)
         _say(f"created database and vhost {scratch.name}")
         result["system"] = {
             "database": scratch.name,
@@ -390,7 +392,7 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
         if options.attach:
             api_url, settings = options.attach, base
         else:
-            scratch = await _fresh_scratch(base)
+            scratch = await _fresh_scratch(base, options)
             settings = scratch.settings
             _say(f"created database and vhost {scratch.name}; starting the services")
             environ = system.service_environment(
@@ -453,12 +455,12 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
     return result
 
 
-async def _fresh_scratch(base: Settings) -> system.Scratch:
+async def _fresh_scratch(base: Settings, options: BenchOptions) -> system.Scratch:
     """Drop what crashed runs left behind, then make this run's own database and vhost."""
-    swept = await system.sweep_abandoned(base)
+    swept = await system.sweep_abandoned(base, options.rabbitmqctl)
     if swept:
         _say(f"dropped what crashed benchmark runs left: {', '.join(swept)}")
-    return await system.create_scratch(base)
+    return await system.create_scratch(base, options.rabbitmqctl)
 
 
 async def _tear_down(

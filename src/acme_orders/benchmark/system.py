@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.error import URLError
@@ -42,15 +43,22 @@ class SetupError(RuntimeError):
     """The benchmark cannot bring the system up; the message says why."""
 
 
-def rabbitmqctl(*args: str) -> str:
-    executable = shutil.which("rabbitmqctl")
+def rabbitmqctl(command: Sequence[str], *args: str) -> str:
+    """rabbitmqctl ARGS, run as COMMAND: ("rabbitmqctl",) where the broker runs on this machine,
+    or a prefix that reaches it, such as ("docker", "exec", "CONTAINER", "rabbitmqctl")."""
+    executable = shutil.which(command[0])
     if executable is None:
         raise SetupError(
-            "rabbitmqctl is not on PATH: the benchmark creates its vhost with it "
-            "(run it where RabbitMQ runs, as root or the rabbitmq user)"
+            f"{command[0]} is not on PATH: the benchmark creates its vhost with rabbitmqctl "
+            "(run it where RabbitMQ runs, as root or the rabbitmq user, or give --rabbitmqctl)"
         )
     result = subprocess.run(
-        [executable, "-q", *args], capture_output=True, text=True, timeout=60, check=False
+        [executable, *command[1:], "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
         raise SetupError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
@@ -77,6 +85,7 @@ class Scratch:
 
     name: str
     settings: Settings  # DATABASE_URL and RABBITMQ_URL point at them
+    rabbitmqctl: tuple[str, ...]  # the command that made the vhost, and removes it
 
     @property
     def admin_url(self) -> str:
@@ -87,7 +96,9 @@ def new_name() -> str:
     return f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
 
 
-async def create_scratch(base: Settings, *, declare_queues: bool = True) -> Scratch:
+async def create_scratch(
+    base: Settings, rabbitmqctl_command: tuple[str, ...], *, declare_queues: bool = True
+) -> Scratch:
     """Create, migrate and stock a fresh database, and a fresh vhost with the topology."""
     # Imported here: cli imports this package.
     from acme_orders.cli import CONSUMER_QUEUES
@@ -99,13 +110,21 @@ async def create_scratch(base: Settings, *, declare_queues: bool = True) -> Scra
             "rabbitmq_url": _with_vhost(base.rabbitmq_url, name),
         }
     )
-    scratch = Scratch(name, settings)
+    scratch = Scratch(name, settings, rabbitmqctl_command)
     try:
         # Creates the database with the admin DSN (and the role of DATABASE_URL if missing).
         await database.migrate(settings)
-        await asyncio.to_thread(rabbitmqctl, "add_vhost", name)
+        await asyncio.to_thread(rabbitmqctl, rabbitmqctl_command, "add_vhost", name)
         await asyncio.to_thread(
-            rabbitmqctl, "set_permissions", "-p", name, rabbitmq_user(base), ".*", ".*", ".*"
+            rabbitmqctl,
+            rabbitmqctl_command,
+            "set_permissions",
+            "-p",
+            name,
+            rabbitmq_user(base),
+            ".*",
+            ".*",
+            ".*",
         )
         if declare_queues:
             await messaging.declare_topology(settings, CONSUMER_QUEUES)
@@ -133,13 +152,13 @@ async def drop_scratch(scratch: Scratch) -> None:
         finally:
             await admin.close()
     finally:
-        vhosts = (await asyncio.to_thread(rabbitmqctl, "list_vhosts", "name")).split()
-        if scratch.name in vhosts:
-            await asyncio.to_thread(rabbitmqctl, "delete_vhost", scratch.name)
+        listed = await asyncio.to_thread(rabbitmqctl, scratch.rabbitmqctl, "list_vhosts", "name")
+        if scratch.name in listed.split():
+            await asyncio.to_thread(rabbitmqctl, scratch.rabbitmqctl, "delete_vhost", scratch.name)
     logger.info("dropped database and vhost %s", scratch.name)
 
 
-async def sweep_abandoned(base: Settings) -> list[str]:
+async def sweep_abandoned(base: Settings, rabbitmqctl_command: tuple[str, ...]) -> list[str]:
     """Drop the databases and vhosts of benchmark runs whose process is gone (killed with -9, the
     machine restarted): they would otherwise stay forever."""
     admin = await asyncpg.connect(database.admin_url(base), timeout=10)
@@ -152,7 +171,9 @@ async def sweep_abandoned(base: Settings) -> list[str]:
         ]
     finally:
         await admin.close()
-    vhosts = (await asyncio.to_thread(rabbitmqctl, "list_vhosts", "name")).split()
+    vhosts = (
+        await asyncio.to_thread(rabbitmqctl, rabbitmqctl_command, "list_vhosts", "name")
+    ).split()
     names = sorted(set(databases) | {v for v in vhosts if v.startswith(NAME_PREFIX)})
     swept = []
     for name in names:
@@ -161,7 +182,7 @@ async def sweep_abandoned(base: Settings) -> list[str]:
             settings = base.model_copy(
                 update={"database_url": _with_database(base.database_url, name)}
             )
-            await drop_scratch(Scratch(name, settings))
+            await drop_scratch(Scratch(name, settings, rabbitmqctl_command))
             swept.append(name)
     return swept
 
