@@ -6,6 +6,8 @@ here (not root, no apt-get); on this kind of machine they run in CI."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
 import time
@@ -36,23 +38,54 @@ def report(config: pytest.Config, line: str) -> None:
         reporter.write_line(f"[compose] {line}")
 
 
+# The documented container names (eda-postgres, ...) exist once per engine: test runs on one
+# machine take turns, each holding this lock for its compose tests.
+LOCK = Path("/run/acme-orders-compose-test.lock")
+LOCK_DEADLINE = 1800.0
+
+
+@contextlib.contextmanager
+def taking_turns(config: pytest.Config) -> Iterator[None]:
+    with LOCK.open("a") as lock:
+        give_up = time.monotonic() + LOCK_DEADLINE
+        waited = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    report(config, f"another run's compose tests are going; waiting ({LOCK})")
+                    waited = True
+                if time.monotonic() > give_up:
+                    pytest.fail(f"another run held {LOCK} for {LOCK_DEADLINE:.0f}s")
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="package")
 def docker_engine(request: pytest.FixtureRequest) -> Iterator[engine.Engine]:
     if os.environ.get("TEST_COMPOSE") == "0":
         pytest.skip("TEST_COMPOSE=0: the compose tests are turned off")
-    started = time.monotonic()
-    try:
-        running = engine.start_engine()
-    except engine.EngineUnavailableError as exc:
-        pytest.skip(f"no Docker engine: {exc}")
-    which = f"started dockerd, pid {running.started_pid}" if running.started_pid else "in use"
-    report(request.config, f"Docker engine: {which} ({time.monotonic() - started:.1f}s)")
-    try:
-        yield running
-    finally:
-        if running.started_pid:
-            engine.stop_engine()
-            report(request.config, "stopped our dockerd; iptables, docker0, ip_forward put back")
+    with taking_turns(request.config):
+        started = time.monotonic()
+        try:
+            running = engine.start_engine()
+        except engine.EngineUnavailableError as exc:
+            pytest.skip(f"no Docker engine: {exc}")
+        which = f"started dockerd, pid {running.started_pid}" if running.started_pid else "in use"
+        report(request.config, f"Docker engine: {which} ({time.monotonic() - started:.1f}s)")
+        try:
+            yield running
+        finally:
+            if running.started_pid:
+                engine.stop_engine()
+                report(
+                    request.config, "stopped our dockerd; iptables, docker0, ip_forward put back"
+                )
 
 
 @pytest.fixture(scope="package")

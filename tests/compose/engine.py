@@ -29,8 +29,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from acme_orders.runtime import pid_alive
+
 STATE_DIR = Path("/run/acme-orders-dockerd")
 PID_FILE = STATE_DIR / "dockerd.pid"
+# The pid of the process that started it: while that one lives, the dockerd is its to stop.
+OWNER_FILE = STATE_DIR / "owner.pid"
 NETWORK_FILE = STATE_DIR / "network-before.json"
 LOG_FILE = Path("/var/log/acme-orders-dockerd.log")
 PACKAGES = {"dockerd": "docker.io", "docker-compose": "docker-compose", "iptables": "iptables"}
@@ -178,8 +182,13 @@ def start_engine() -> Engine:
     had."""
     if PID_FILE.exists():
         pid = int(PID_FILE.read_text())
+        owner = int(OWNER_FILE.read_text()) if OWNER_FILE.exists() else 0
         if _is_dockerd(pid) and docker_answers():
-            # Ours, left running by a run that died: this run stops it when it is done.
+            if owner and pid_alive(owner):
+                # Another run's, still in use by it: used here too, and left to it to stop.
+                return Engine(started_pid=None)
+            # Left running by a run that died: this run stops it when it is done.
+            OWNER_FILE.write_text(str(os.getpid()))
             return Engine(started_pid=pid)
         # Ours and gone: put the network back from the state that run saw before it.
         stop_engine()
@@ -197,6 +206,7 @@ def start_engine() -> Engine:
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     PID_FILE.write_text(str(process.pid))
+    OWNER_FILE.write_text(str(os.getpid()))
     give_up = time.monotonic() + START_DEADLINE
     while not docker_answers():
         if process.poll() is not None:
@@ -228,6 +238,7 @@ def stop_engine() -> None:
     if NETWORK_FILE.exists():
         restore_network(json.loads(NETWORK_FILE.read_text()))
         NETWORK_FILE.unlink()
+    OWNER_FILE.unlink(missing_ok=True)
     PID_FILE.unlink()
 
 
