@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.processes import OUTPUT_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,3 +39,18 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+@asynccontextmanager
+async def kept_if_it_fails(page: Page, name: str, *logs: list[str]) -> AsyncIterator[None]:
+    """What the page looked like when what it wraps failed, kept with the run's logs:
+    `<name>-failure.png`, `.html`, and `.console.txt` (what `logs` hold by then: the page's
+    console and errors)."""
+    try:
+        yield
+    except Exception:
+        await page.screenshot(path=str(OUTPUT_DIR / f"{name}-failure.png"), full_page=True)
+        (OUTPUT_DIR / f"{name}-failure.html").write_text(await page.content())
+        lines = [line for log in logs for line in log]
+        (OUTPUT_DIR / f"{name}-failure.console.txt").write_text("\n".join(lines))
+        raise

@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Page, Route
 
 from acme_orders.api_keys import Scope, create_key
-from tests.e2e.browser import PAGE_DEADLINE_MS, chromium
+from tests.e2e.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
 from tests.e2e.conftest import start_service
 from tests.environment import TestEnvironment
 from tests.processes import OUTPUT_DIR, free_port
@@ -103,14 +103,8 @@ async def test_swagger_ui_renders_the_api_from_the_api_alone(
         page.set_default_timeout(PAGE_DEADLINE_MS)
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        try:
+        async with kept_if_it_fails(page, "docs", console, problems):
             await read_the_docs(page, api_url, api_key)
-        except Exception:
-            # What the page looked like, kept with the run's logs.
-            await page.screenshot(path=str(OUTPUT_DIR / "docs-failure.png"), full_page=True)
-            (OUTPUT_DIR / "docs-failure.html").write_text(await page.content())
-            (OUTPUT_DIR / "docs-failure.console.txt").write_text("\n".join(console + problems))
-            raise
         await page.screenshot(path=str(screenshot), full_page=True)
         violations = await page.evaluate("window.cspViolations")
         logged = list(console)

@@ -22,7 +22,7 @@ from playwright.async_api import Page, Request
 
 from acme_orders.cli import CONSUMER_QUEUES
 from tests.conftest import NewProduct, add_product
-from tests.e2e.browser import PAGE_DEADLINE_MS, chromium
+from tests.e2e.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
 from tests.e2e.conftest import System
 from tests.processes import OUTPUT_DIR
 from tests.waiting import wait_until
@@ -192,14 +192,8 @@ async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
         page.on("request", note_request)
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        try:
+        async with kept_if_it_fails(page, "board", console, problems):
             await watch_orders_on_the_board(page, system, base)
-        except Exception:
-            # What the page looked like, kept with the run's logs.
-            await page.screenshot(path=str(OUTPUT_DIR / "board-failure.png"), full_page=True)
-            (OUTPUT_DIR / "board-failure.html").write_text(await page.content())
-            (OUTPUT_DIR / "board-failure.console.txt").write_text("\n".join(console + problems))
-            raise
         await page.screenshot(path=str(screenshot), full_page=True)
 
     assert screenshot.stat().st_size > 10_000

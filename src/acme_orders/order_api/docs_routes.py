@@ -86,28 +86,23 @@ async def docs_initializer() -> Response:
     )
 
 
-@docs.get(f"/{SWAGGER_UI.name}/swagger-ui-bundle.js")
-async def swagger_ui_script() -> Response:
-    return Response(
-        _swagger_ui_file("swagger-ui-bundle.js"),
-        media_type="text/javascript; charset=utf-8",
-        headers=VERSIONED_ASSET_HEADERS,
-    )
+# Swagger UI's files the page loads, and their types: served under the folder's name, each by a
+# route of its own, and nothing else of the folder.
+SWAGGER_UI_FILES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
 
 
-@docs.get(f"/{SWAGGER_UI.name}/swagger-ui.css")
-async def swagger_ui_style() -> Response:
-    return Response(
-        _swagger_ui_file("swagger-ui.css"),
-        media_type="text/css; charset=utf-8",
-        headers=VERSIONED_ASSET_HEADERS,
-    )
+def _swagger_ui_route(name: str, media_type: str) -> None:
+    async def swagger_ui_asset() -> Response:
+        return Response(
+            _swagger_ui_file(name), media_type=media_type, headers=VERSIONED_ASSET_HEADERS
+        )
+
+    docs.add_api_route(f"/{SWAGGER_UI.name}/{name}", swagger_ui_asset, methods=["GET"])
 
 
-@docs.get(f"/{SWAGGER_UI.name}/favicon-32x32.png")
-async def swagger_ui_icon() -> Response:
-    return Response(
-        _swagger_ui_file("favicon-32x32.png"),
-        media_type="image/png",
-        headers=VERSIONED_ASSET_HEADERS,
-    )
+for _name, _media_type in SWAGGER_UI_FILES.items():
+    _swagger_ui_route(_name, _media_type)
