@@ -29,6 +29,25 @@ def clear_output() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+# The `acme-orders` command of the environment the tests run in.
+ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
+
+
+async def acme_orders(env: dict[str, str] | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """`acme-orders ARGS...` with this environment (None: the tests' own), run to its end (at most
+    a minute), its output captured. In a thread: the event loop stays free meanwhile for the
+    fixtures' connections (and the tests' TCP proxies)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(ACME_ORDERS), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

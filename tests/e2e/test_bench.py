@@ -8,17 +8,15 @@ import asyncio
 import json
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from tests.environment import ADMIN_DATABASE_URL, RABBITMQCTL, rabbitmqctl
+from tests.processes import ACME_ORDERS, acme_orders
 
 pytestmark = pytest.mark.e2e
-
-ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
 
 
 async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> None:
@@ -120,14 +118,7 @@ async def test_bench_drain_measures_the_publisher_alone_and_removes_it(tmp_path:
 
 
 async def test_bench_drain_refuses_a_rate() -> None:
-    run = await asyncio.to_thread(
-        subprocess.run,
-        [str(ACME_ORDERS), "bench", "--drain", "10", "--rate", "50"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = await acme_orders(None, "bench", "--drain", "10", "--rate", "50")
 
     assert run.returncode == 2
     assert "--drain cannot be combined with --rate or --attach" in run.stderr

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -31,12 +28,10 @@ from acme_orders.payment.service import QUEUES as PAYMENT_QUEUES
 from tests.broker_users import definitions_for, imported
 from tests.e2e.conftest import start_service
 from tests.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
-from tests.processes import ServiceProcess, free_port, stop_all
+from tests.processes import ServiceProcess, acme_orders, free_port, stop_all
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
 
 
 @pytest.fixture
@@ -192,14 +187,8 @@ async def test_each_user_is_refused_what_its_service_does_not_need(
 async def test_the_publisher_may_publish_events_only_and_the_operator_list_dead_letters(
     fresh_env: TestEnvironment, broker_users: dict[str, str]
 ) -> None:
-    listed = await asyncio.to_thread(
-        subprocess.run,
-        [str(ACME_ORDERS), "dlq", "list"],
-        env=fresh_env.environ(RABBITMQ_URL=broker_users["acme-operator"]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    listed = await acme_orders(
+        fresh_env.environ(RABBITMQ_URL=broker_users["acme-operator"]), "dlq", "list"
     )
 
     assert not await refused(broker_users["acme-publisher"], "publish an event")

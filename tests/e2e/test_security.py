@@ -4,14 +4,10 @@ before they reach the database."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import aio_pika
@@ -23,12 +19,11 @@ from acme_orders.inventory.service import ORDER_PLACED_QUEUE
 from acme_orders.privacy import mask_email
 from tests.conftest import add_product
 from tests.e2e.conftest import System, start_service
-from tests.processes import OUTPUT_DIR, free_port
+from tests.processes import OUTPUT_DIR, acme_orders, free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
 # Anything that looks like a whole address: a masked one has "***" before the @.
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
@@ -81,15 +76,7 @@ async def test_the_api_refuses_to_start_open_on_an_address_others_can_reach(
         "API_PORT": str(free_port()),
         "AUTH_DISABLED": "1",
     }
-    refused = await asyncio.to_thread(
-        subprocess.run,
-        [str(ACME_ORDERS), "run", "api"],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = await acme_orders(environ, "run", "api")
 
     assert refused.returncode == 1
     assert "refusing to start" in refused.stderr
@@ -120,22 +107,10 @@ async def test_with_keys_required_an_order_goes_through_only_with_a_key_from_the
 ) -> None:
     sku = await add_product(system.pool, stock=1)
     body = {"customer_id": "C-KEY", "email": "key@example.com", "items": [{"sku": sku, "qty": 1}]}
-    created = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(ACME_ORDERS),
-            "apikey",
-            "create",
-            f"e2e-{secrets.token_hex(4)}",
-            "--scope",
-            "orders:write",
-        ],
-        env=system.environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    created = await acme_orders(
+        system.environ, "apikey", "create", f"e2e-{secrets.token_hex(4)}", "--scope", "orders:write"
     )
+    assert created.returncode == 0, created.stderr
     key = {"Authorization": f"Bearer {created.stdout.strip()}"}
 
     without = await locked_api.post("/orders", json=body)

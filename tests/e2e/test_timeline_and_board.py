@@ -7,12 +7,9 @@ BOARD_SCREENSHOT_TO_DOCS=1 it also replaces docs/board.png, the README's picture
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import shutil
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +21,12 @@ from acme_orders.cli import CONSUMER_QUEUES
 from tests.conftest import NewProduct, add_product
 from tests.e2e.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
 from tests.e2e.conftest import System
-from tests.processes import OUTPUT_DIR
+from tests.processes import OUTPUT_DIR, acme_orders
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
 
 
 @pytest.fixture
@@ -105,15 +101,7 @@ async def test_trace_prints_the_timeline_of_a_paid_order(
     order = await system.place_order([(sku, 1)])
     await settled_timeline(system, order["id"])
 
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [str(ACME_ORDERS), "trace", order["id"]],
-        env=system.environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = await acme_orders(system.environ, "trace", order["id"])
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

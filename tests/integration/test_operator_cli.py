@@ -3,13 +3,9 @@ them: the installed console script, in a process of its own, configured by the e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from uuid import uuid4
 
 import aio_pika
@@ -19,22 +15,7 @@ from aio_pika.abc import AbstractChannel
 
 from acme_orders.inventory.service import ORDER_PLACED_QUEUE
 from tests.environment import TestEnvironment
-from tests.processes import free_port
-
-ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
-
-
-async def acme_orders(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    # In a thread: the event loop stays free for the fixtures' connections meanwhile.
-    return await asyncio.to_thread(
-        subprocess.run,
-        [str(ACME_ORDERS), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.processes import acme_orders, free_port
 
 
 async def park(channel: AbstractChannel, reason: str) -> tuple[str, str]:

@@ -3,13 +3,9 @@ environment): `acme-orders apikey create|list|revoke` and `acme-orders forget`."
 
 from __future__ import annotations
 
-import asyncio
 import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -20,21 +16,7 @@ from acme_orders.api_keys import hash_token
 from acme_orders.privacy import FORGOTTEN
 from tests.conftest import add_product, api_client
 from tests.environment import TestEnvironment
-
-ACME_ORDERS = Path(sys.executable).parent / "acme-orders"
-
-
-async def acme_orders(env: TestEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
-    # In a thread: the event loop stays free for the fixtures' connections meanwhile.
-    return await asyncio.to_thread(
-        subprocess.run,
-        [str(ACME_ORDERS), *args],
-        env=env.environ(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.processes import acme_orders
 
 
 @pytest.fixture
@@ -50,7 +32,7 @@ async def test_apikey_create_prints_the_key_alone_and_the_api_accepts_it(
     fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool, api: httpx.AsyncClient
 ) -> None:
     created = await acme_orders(
-        fresh_env, "apikey", "create", "storefront", "--scope", "orders:write"
+        fresh_env.environ(), "apikey", "create", "storefront", "--scope", "orders:write"
     )
 
     assert created.returncode == 0, created.stderr
@@ -72,10 +54,12 @@ async def test_apikey_create_prints_the_key_alone_and_the_api_accepts_it(
 async def test_apikey_create_refuses_a_taken_name_a_bad_name_and_an_unknown_scope(
     fresh_env: TestEnvironment,
 ) -> None:
-    first = await acme_orders(fresh_env, "apikey", "create", "ops", "--scope", "admin")
-    again = await acme_orders(fresh_env, "apikey", "create", "ops", "--scope", "admin")
-    bad_name = await acme_orders(fresh_env, "apikey", "create", "has space", "--scope", "admin")
-    bad_scope = await acme_orders(fresh_env, "apikey", "create", "x", "--scope", "root")
+    first = await acme_orders(fresh_env.environ(), "apikey", "create", "ops", "--scope", "admin")
+    again = await acme_orders(fresh_env.environ(), "apikey", "create", "ops", "--scope", "admin")
+    bad_name = await acme_orders(
+        fresh_env.environ(), "apikey", "create", "has space", "--scope", "admin"
+    )
+    bad_scope = await acme_orders(fresh_env.environ(), "apikey", "create", "x", "--scope", "root")
 
     assert first.returncode == 0, first.stderr
     assert again.returncode == 1
@@ -90,14 +74,14 @@ async def test_apikey_create_refuses_a_taken_name_a_bad_name_and_an_unknown_scop
 async def test_apikey_list_shows_name_scope_and_dates_but_never_the_key_or_its_hash(
     fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
 ) -> None:
-    empty = await acme_orders(fresh_env, "apikey", "list")
+    empty = await acme_orders(fresh_env.environ(), "apikey", "list")
     writer = await acme_orders(
-        fresh_env, "apikey", "create", "storefront", "--scope", "orders:write"
+        fresh_env.environ(), "apikey", "create", "storefront", "--scope", "orders:write"
     )
-    await acme_orders(fresh_env, "apikey", "create", "dashboard", "--scope", "admin")
-    await acme_orders(fresh_env, "apikey", "revoke", "dashboard")
+    await acme_orders(fresh_env.environ(), "apikey", "create", "dashboard", "--scope", "admin")
+    await acme_orders(fresh_env.environ(), "apikey", "revoke", "dashboard")
 
-    listed = await acme_orders(fresh_env, "apikey", "list")
+    listed = await acme_orders(fresh_env.environ(), "apikey", "list")
 
     assert empty.stdout == "no API keys\n"
     assert listed.returncode == 0, listed.stderr
@@ -114,13 +98,13 @@ async def test_apikey_list_shows_name_scope_and_dates_but_never_the_key_or_its_h
 async def test_apikey_revoke_stops_the_key_and_says_so_and_an_unknown_name_fails(
     fresh_env: TestEnvironment, api: httpx.AsyncClient
 ) -> None:
-    created = await acme_orders(fresh_env, "apikey", "create", "old", "--scope", "admin")
+    created = await acme_orders(fresh_env.environ(), "apikey", "create", "old", "--scope", "admin")
     key = {"Authorization": f"Bearer {created.stdout.strip()}"}
     assert (await api.get("/products", headers=key)).status_code == 200
 
-    revoked = await acme_orders(fresh_env, "apikey", "revoke", "old")
-    again = await acme_orders(fresh_env, "apikey", "revoke", "old")
-    unknown = await acme_orders(fresh_env, "apikey", "revoke", "never-made")
+    revoked = await acme_orders(fresh_env.environ(), "apikey", "revoke", "old")
+    again = await acme_orders(fresh_env.environ(), "apikey", "revoke", "old")
+    unknown = await acme_orders(fresh_env.environ(), "apikey", "revoke", "never-made")
 
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout.startswith("revoked API key 'old'")
@@ -180,7 +164,7 @@ async def test_forget_erases_the_email_everywhere_and_keeps_the_order_history(
     ]
     kept = await place_with_notification(fresh_pool, "C-STAYS", "stays@example.com")
 
-    result = await acme_orders(fresh_env, "forget", "C-GONE")
+    result = await acme_orders(fresh_env.environ(), "forget", "C-GONE")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
@@ -217,10 +201,10 @@ async def test_forget_again_changes_nothing_and_an_unknown_customer_is_no_error(
     fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
 ) -> None:
     await place_with_notification(fresh_pool, "C-TWICE", "twice@example.com")
-    await acme_orders(fresh_env, "forget", "C-TWICE")
+    await acme_orders(fresh_env.environ(), "forget", "C-TWICE")
 
-    again = await acme_orders(fresh_env, "forget", "C-TWICE")
-    nobody = await acme_orders(fresh_env, "forget", "C-NOBODY")
+    again = await acme_orders(fresh_env.environ(), "forget", "C-TWICE")
+    nobody = await acme_orders(fresh_env.environ(), "forget", "C-NOBODY")
 
     assert again.returncode == nobody.returncode == 0
     assert "from 0 orders, 0 notifications and 0 outbox events" in again.stdout
@@ -236,7 +220,7 @@ async def test_forget_warns_about_orders_still_in_progress(
         "busy@example.com",
     )
 
-    result = await acme_orders(fresh_env, "forget", "C-BUSY")
+    result = await acme_orders(fresh_env.environ(), "forget", "C-BUSY")
 
     assert result.returncode == 0, result.stderr
     assert "1 order of this customer still in progress" in result.stderr

@@ -26,8 +26,7 @@ from acme_orders.order_api.board import Snapshots, snapshot_event
 from acme_orders.settings import Settings
 from tests.conftest import NewProduct, add_product, api_client
 from tests.environment import TestEnvironment
-from tests.integration.test_operator_cli import acme_orders
-from tests.processes import free_port
+from tests.processes import acme_orders, free_port
 
 
 @asynccontextmanager
