@@ -556,6 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the JSON results (default: bench-results/bench-<UTC timestamp>.json)",
     )
     bench.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes of the publisher and of each consumer (default: 1; the API is one)",
+    )
+    bench.add_argument(
         "--no-ceilings",
         dest="ceilings",
         action="store_false",
@@ -611,6 +618,7 @@ def bench(args: argparse.Namespace) -> int:
             ceiling_seconds=args.ceiling_seconds,
             drain=args.drain,
             rabbitmqctl=tuple(args.rabbitmqctl),
+            instances=args.instances,
         )
     )
 

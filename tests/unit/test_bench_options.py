@@ -8,6 +8,7 @@ import pytest
 
 from acme_orders.benchmark import ceilings, load
 from acme_orders.benchmark.runner import BenchOptions
+from acme_orders.benchmark.system import instance_names
 
 
 def options(**changes: object) -> BenchOptions:
@@ -75,3 +76,18 @@ def test_pgbench_script_has_no_stray_variables() -> None:
     script = ceilings.pgbench_script(["A-1", "B-2", "C-3"])
     used = set(re.findall(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", script))
     assert used == {"lo", "hi", "qty", "cust", "o_id"}
+
+
+def test_instances_start_every_service_but_the_api_that_many_times() -> None:
+    names = instance_names(("api", "publisher", "inventory"), 2)
+
+    assert names == ("api", "publisher", "publisher#2", "inventory", "inventory#2")
+    assert instance_names(("api", "publisher"), 1) == ("api", "publisher")
+
+
+@pytest.mark.parametrize(
+    "changes", [{"instances": 0}, {"instances": 2, "attach": "http://127.0.0.1:8000"}]
+)
+def test_instances_need_a_system_of_the_benchs_own(changes: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="--instances"):
+        options(**changes).validate()

@@ -47,6 +47,8 @@ class BenchOptions:
     drain: int | None = None
     # --rabbitmqctl: how to run rabbitmqctl where the broker runs (it makes and drops the vhost).
     rabbitmqctl: tuple[str, ...] = ("rabbitmqctl",)
+    # --instances N: processes of the publisher and of each consumer (the API stays one).
+    instances: int = 1
 
     @property
     def measured_seconds(self) -> float:
@@ -78,6 +80,8 @@ class BenchOptions:
             raise ValueError("--payment-success-rate is a probability, from 0 to 1")
         if self.ceiling_seconds < 1:
             raise ValueError("--ceiling-seconds must be at least 1")
+        if self.instances < 1 or (self.instances > 1 and self.attach is not None):
+            raise ValueError("--instances must be at least 1, and starts services: not --attach")
 
 
 def default_output() -> Path:
@@ -400,7 +404,9 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
             )
             from acme_orders.cli import SERVICES  # cli imports this package
 
-            services = await system.start_services(SERVICES, environ, log_dir)
+            services = await system.start_services(
+                system.instance_names(SERVICES, options.instances), environ, log_dir
+            )
             api_url = services.api_url
             result["system"] = {
                 "database": scratch.name,
@@ -412,6 +418,7 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
                     "outbox_batch_size": base.outbox_batch_size,
                     "outbox_poll_interval": base.outbox_poll_interval,
                     "payment_success_rate": options.payment_success_rate,
+                    "instances": options.instances,
                     "log_level": environ["LOG_LEVEL"],
                 },
             }

@@ -256,13 +256,29 @@ def service_environment(
     return env
 
 
+# A second (third...) process of a service is named `<service>#2` (`#3`...).
+INSTANCE_MARK = "#"
+
+
+def instance_names(services: tuple[str, ...], instances: int) -> tuple[str, ...]:
+    """The processes to start: the API once, every other service `instances` times."""
+    return tuple(
+        name if n == 1 else f"{name}{INSTANCE_MARK}{n}"
+        for name in services
+        for n in range(1, (1 if name == "api" else instances) + 1)
+    )
+
+
 async def start_services(names: tuple[str, ...], env: dict[str, str], log_dir: Path) -> Services:
     """Start every service and wait until each is ready: the API answers /health with 200, a
-    worker has logged its "ready:" line. Stops them all again if one does not come up."""
+    worker has logged its "ready:" line. Stops them all again if one does not come up. A second
+    process of a service (`inventory#2`) serves no metrics: the port is the first one's."""
     services = Services(f"http://127.0.0.1:{env['API_PORT']}", log_dir)
     try:
         for name in names:
-            services.running[name] = _spawn(name, env, log_dir)
+            service, mark, _ = name.partition(INSTANCE_MARK)
+            environ = env | {f"{service.upper()}_METRICS_PORT": "0"} if mark else env
+            services.running[name] = _spawn(name, environ, log_dir)
         await asyncio.gather(*(_wait_ready(services, s) for s in services.running.values()))
     except BaseException:
         await stop_services(services)
@@ -271,11 +287,12 @@ async def start_services(names: tuple[str, ...], env: dict[str, str], log_dir: P
 
 
 def _spawn(name: str, env: dict[str, str], log_dir: Path) -> Service:
-    """`acme-orders run NAME` in the background, its stdout and stderr in NAME.log."""
-    log_path = log_dir / f"{name}.log"
+    """`acme-orders run SERVICE` in the background for the process NAME (`SERVICE` or
+    `SERVICE#N`), its stdout and stderr in NAME.log."""
+    log_path = log_dir / f"{name.replace(INSTANCE_MARK, '-')}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "acme_orders", "run", name],
+            [sys.executable, "-m", "acme_orders", "run", name.partition(INSTANCE_MARK)[0]],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
