@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from uuid import uuid4
 
 import asyncpg
@@ -139,3 +142,19 @@ async def test_wait_for_schema_returns_once_migrate_has_run(fresh_env: TestEnvir
         await asyncio.wait_for(waiting, timeout=10)
     finally:
         waiting.cancel()
+
+
+def test_wait_for_schema_gives_up_after_its_timeout_with_exit_code_1() -> None:
+    # Nothing listens on port 1: the database never answers.
+    result = subprocess.run(
+        [sys.executable, "-m", "acme_orders", "wait-for-schema", "--timeout", "1"],
+        env={**os.environ, "DATABASE_URL": "postgresql://acme_app:x@127.0.0.1:1/acme"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "database not reachable" in result.stderr
+    assert "still not up to date after 1s" in result.stderr
