@@ -527,6 +527,27 @@ def test_every_container_has_requests_and_limits() -> None:
             assert {"requests", "limits"} <= set(resources), kind
 
 
+def test_every_pod_of_ours_runs_as_the_images_user_with_nothing_it_does_not_need() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    created = re.search(r"useradd .*--uid (\d+)", dockerfile)
+    assert created, "the Dockerfile no longer creates the services' user with useradd --uid"
+    uid = int(created[1])
+    for name in OVERLAYS:
+        for workload_name, workload in workloads(overlay(name)).items():
+            spec = pod_spec(workload)
+            # The pods never call the Kubernetes API.
+            assert spec["automountServiceAccountToken"] is False, workload_name
+            assert spec["securityContext"]["runAsNonRoot"] is True, workload_name
+            assert spec["securityContext"]["runAsUser"] == uid, workload_name
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                context = container["securityContext"]
+                where = f"{workload_name}/{container['name']}"
+                assert context["allowPrivilegeEscalation"] is False, where
+                assert context["readOnlyRootFilesystem"] is True, where
+                assert context["capabilities"] == {"drop": ["ALL"]}, where
+
+
 def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     for key, value in selector.get("matchLabels", {}).items():
         if labels.get(key) != value:
