@@ -72,6 +72,18 @@ def migrate() -> int:
     return 0
 
 
+def wait_for_schema(timeout: float | None) -> int:
+    """Exit 0 once the schema is what this version needs, 1 after `timeout` seconds without."""
+    settings = get_settings()
+    configure_logging("wait-for-schema", settings.log_level, settings.log_format)
+    try:
+        asyncio.run(asyncio.wait_for(database.wait_for_schema(settings), timeout))
+    except TimeoutError:
+        logger.error("the schema is still not up to date after %.0fs; has migrate run?", timeout)
+        return 1
+    return 0
+
+
 def run(service: str) -> int:
     if service == "all":
         return run_all()
@@ -396,6 +408,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="create the database if missing, create or upgrade the schema, load the catalogue "
         "and declare the RabbitMQ exchanges and queues (safe to repeat)",
     )
+    wait_parser = commands.add_parser(
+        "wait-for-schema",
+        help="wait until migrate has applied every migration of this version (a Kubernetes "
+        "initContainer: the services start only then); needs only read access",
+    )
+    wait_parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="give up with exit code 1 after S seconds (default: wait for as long as it takes)",
+    )
     run_parser = commands.add_parser("run", help="run a service in the foreground")
     run_parser.add_argument(
         "service", choices=[*SERVICES, "all"], help="one service, or all five as processes"
@@ -627,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "migrate":
         sys.exit(migrate())
+    if args.command == "wait-for-schema":
+        sys.exit(wait_for_schema(args.timeout))
     if args.command == "outbox":
         sys.exit(outbox_status() if args.outbox_command == "status" else outbox_purge())
     if args.command == "dlq":

@@ -154,6 +154,58 @@ async def migrate(settings: Settings) -> list[str]:
     return applied
 
 
+async def unapplied_migrations(conn: Connection) -> list[str]:
+    """The migrations this code carries that the database lacks, in the order migrate applies
+    them: every numbered file not recorded in schema_migrations with its checksum, and the
+    baseline if it was never applied at all. Empty: the schema is what this code needs.
+
+    The baseline is re-applied by every migrate, so any recorded checksum will do: an older
+    image still runs against a baseline a newer migrate applied. Schema changes come as numbered
+    files, which never change once applied, so their checksums must match."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return [path.name for path in migration_files(migrations_dir())]
+    recorded = {
+        r["filename"]: r["checksum"]
+        for r in await conn.fetch("SELECT filename, checksum FROM schema_migrations")
+    }
+    missing: list[str] = []
+    for path in migration_files(migrations_dir()):
+        if path.name == BASELINE:
+            if path.name not in recorded:
+                missing.append(path.name)
+            continue
+        checksum = hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
+        if recorded.get(path.name) != checksum:
+            missing.append(path.name)
+    return missing
+
+
+async def wait_for_schema(settings: Settings, poll_interval: float = 2.0) -> None:
+    """Return once the database of DATABASE_URL has every migration this code carries: a
+    service's start waits on it, so that it never runs against a schema migrate has not brought
+    up to date yet (Kubernetes starts the migrate Job and the services together). A database that
+    does not answer yet is waited for too; what is missing is logged whenever it changes."""
+    said = ""
+    while True:
+        try:
+            conn = await asyncpg.connect(settings.database_url, timeout=10)
+            try:
+                missing = await unapplied_migrations(conn)
+            finally:
+                await conn.close()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            news = f"database not reachable ({' '.join(str(exc).split()) or type(exc).__name__})"
+        else:
+            if not missing:
+                logger.info("schema up to date")
+                return
+            news = "waiting for migrate to apply " + ", ".join(missing)
+        if news != said:
+            logger.info("%s; checking again every %.0fs", news, poll_interval)
+            said = news
+        await asyncio.sleep(poll_interval)
+
+
 def admin_url(settings: Settings) -> str:
     """The DSN used to create a missing database: DATABASE_ADMIN_URL, or the superuser postgres on
     the server of DATABASE_URL."""

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from uuid import uuid4
 
 import asyncpg
 import pytest
 
-from acme_orders.database import migrate
+from acme_orders.database import (
+    migrate,
+    migration_files,
+    migrations_dir,
+    unapplied_migrations,
+    wait_for_schema,
+)
 from acme_orders.settings import Settings
 from tests.conftest import stock_of
+from tests.environment import TestEnvironment
 
 
 async def test_migrate_again_keeps_stock_and_applies_only_the_baseline(
@@ -80,3 +91,70 @@ async def test_status_change_stamps_updated_at(pool: asyncpg.Pool) -> None:
     row = await pool.fetchrow("SELECT created_at, updated_at FROM orders WHERE id = $1", order_id)
     assert row is not None
     assert row["updated_at"] > row["created_at"]
+
+
+async def test_a_migrated_database_lacks_no_migration(fresh_pool: asyncpg.Pool) -> None:
+    async with fresh_pool.acquire() as conn:
+        assert await unapplied_migrations(conn) == []
+
+
+async def test_a_numbered_migration_not_applied_or_applied_otherwise_is_missing(
+    fresh_pool: asyncpg.Pool,
+) -> None:
+    first, second = [p.name for p in migration_files(migrations_dir())][1:3]
+    await fresh_pool.execute("DELETE FROM schema_migrations WHERE filename = $1", first)
+    await fresh_pool.execute(
+        "UPDATE schema_migrations SET checksum = 'another file' WHERE filename = $1", second
+    )
+    # The baseline is re-applied by every migrate: whichever version applied it will do.
+    await fresh_pool.execute(
+        "UPDATE schema_migrations SET checksum = 'older' WHERE filename = 'init.sql'"
+    )
+
+    async with fresh_pool.acquire() as conn:
+        assert await unapplied_migrations(conn) == [first, second]
+
+
+async def test_an_empty_database_lacks_every_migration(fresh_pool: asyncpg.Pool) -> None:
+    await fresh_pool.execute("DROP TABLE schema_migrations")
+
+    async with fresh_pool.acquire() as conn:
+        assert await unapplied_migrations(conn) == [
+            p.name for p in migration_files(migrations_dir())
+        ]
+
+
+async def test_wait_for_schema_returns_once_migrate_has_run(fresh_env: TestEnvironment) -> None:
+    settings = fresh_env.settings()
+    last = migration_files(migrations_dir())[-1].name
+    conn = await asyncpg.connect(fresh_env.database_url)
+    try:
+        await conn.execute("DELETE FROM schema_migrations WHERE filename = $1", last)
+    finally:
+        await conn.close()
+    waiting = asyncio.create_task(wait_for_schema(settings, poll_interval=0.05))
+    try:
+        # Still waiting after several polls: the schema lacks the last migration.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiting), timeout=0.5)
+
+        assert await migrate(settings) == ["init.sql", last]
+        await asyncio.wait_for(waiting, timeout=10)
+    finally:
+        waiting.cancel()
+
+
+def test_wait_for_schema_gives_up_after_its_timeout_with_exit_code_1() -> None:
+    # Nothing listens on port 1: the database never answers.
+    result = subprocess.run(
+        [sys.executable, "-m", "acme_orders", "wait-for-schema", "--timeout", "1"],
+        env={**os.environ, "DATABASE_URL": "postgresql://acme_app:x@127.0.0.1:1/acme"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "database not reachable" in result.stderr
+    assert "still not up to date after 1s" in result.stderr
