@@ -55,7 +55,13 @@ def children_of(pid: int) -> list[int]:
 
 
 def any_alive(pids: list[int]) -> bool:
-    return any(Path(f"/proc/{pid}").exists() for pid in pids)
+    """Whether any of `pids` still runs. A zombie does not: an orphan that has exited waits for
+    init to reap it, which here can take a second or two."""
+    for pid in pids:
+        stat = _read(Path(f"/proc/{pid}/stat"))
+        if stat and stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z":
+            return True
+    return False
 
 
 def _all_pids() -> list[int]:
@@ -86,7 +92,8 @@ def processes_of(folder: Path) -> list[int]:
     one that does (PostgreSQL's backends rewrite both for their ps titles, but stay children of
     their postmaster)."""
     me = os.getpid()
-    pids = _all_pids()
+    # A zombie is dead already: nothing to kill, and a kill would not make it go.
+    pids = [pid for pid in _all_pids() if any_alive([pid])]
     found = {pid for pid in pids if pid != me and _belongs(pid, str(folder).encode())}
     parents = {pid: _parent_of(pid) for pid in pids}
     grew = True
