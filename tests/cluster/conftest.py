@@ -1,11 +1,13 @@
 """Fixtures of the cluster suite: a 3-node RabbitMQ cluster and a PostgreSQL primary with a
 synchronous hot standby, of this run's own, on loopback (see tests/support/).
 
-The servers start once per run (about 20 s for RabbitMQ, 2 s for PostgreSQL) and are shared:
-a test may kill, stop and promote as it likes, and the next test finds them healed (every
-RabbitMQ node running; a primary with a synchronous standby, maybe on the other server). Each
-test gets a database and vhost of its own from `cluster_env`. At the end of the run every
-process is killed and the run folder removed, also when a test failed.
+The servers start once for the suite (about 15-20 s for RabbitMQ, 2 s for PostgreSQL) and are
+shared: a test may kill, stop and promote as it likes, and the next test finds them healed
+(every RabbitMQ node running; a primary with a synchronous standby, maybe on the other server).
+Each test gets a database and vhost of its own from `cluster_env`. When the suite's last test is
+done (package scope: not at the end of the run, so the later tests do not share the CPU with
+three idle Erlang VMs), every process is killed and the run folder removed, also when a test
+failed.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ def _record(what: str, timings: list[tuple[str, float]]) -> None:
             out.write(f"{what}: {name}: {seconds:.2f}s\n")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def cluster_run() -> AsyncIterator[RunFolder]:
     """This run's folder, /var/tmp/acme-cluster-<pid>/, after sweeping those of crashed runs;
-    removed at the end with every process still running under it."""
+    removed, with every process still running under it, once the suite is done."""
     if reason := _missing():
         pytest.skip(reason)
     run = RunFolder.create()
@@ -68,7 +70,7 @@ async def cluster_run() -> AsyncIterator[RunFolder]:
         assert not run.path.exists()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def _rabbitmq_cluster(cluster_run: RunFolder) -> AsyncIterator[RabbitCluster]:
     cluster = await RabbitCluster.launch(cluster_run)
     try:
@@ -78,7 +80,7 @@ async def _rabbitmq_cluster(cluster_run: RunFolder) -> AsyncIterator[RabbitClust
         await cluster.destroy()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def _postgres_pair(cluster_run: RunFolder) -> AsyncIterator[PostgresPair]:
     pair = await PostgresPair.launch(cluster_run)
     try:
