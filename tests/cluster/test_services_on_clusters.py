@@ -19,10 +19,7 @@ async def test_an_order_is_paid_with_every_service_on_the_clusters(
     cluster_env: ClusterEnvironment,
 ) -> None:
     port = free_port()
-    # RABBITMQ_URL takes one URL for now: the first node's.
-    environ = cluster_env.environ(
-        RABBITMQ_URL=cluster_env.rabbitmq_urls[0], API_PORT=str(port), PAYMENT_SUCCESS_RATE="1.0"
-    )
+    environ = cluster_env.environ(API_PORT=str(port), PAYMENT_SUCCESS_RATE="1.0")
     started: list[ServiceProcess] = []
     try:
         for name in SERVICES:

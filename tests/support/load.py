@@ -1,0 +1,167 @@
+"""Orders under load, and the invariants every order must meet once the load has settled: what
+the fault tests (tests/e2e/test_faults.py) and the failover tests (tests/cluster/) hold the
+pipeline to, whatever they did to it meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from uuid import uuid4
+
+import asyncpg
+import httpx
+
+from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.messaging import connect_once
+from acme_orders.settings import Settings
+from tests.waiting import wait_until
+
+KIND_FOR_STATUS = {
+    "paid": "order_paid",
+    "payment_failed": "payment_failed",
+    "out_of_stock": "out_of_stock",
+}
+
+
+@dataclass
+class Load:
+    """Orders offered at a steady rate, each retried with its Idempotency-Key until accepted,
+    spread over the API processes of `clients` in turn. `rejected` holds every answer but 201 and
+    503 (a 500 among them): a test expects none."""
+
+    clients: list[httpx.AsyncClient]
+    skus: list[str]
+    accepted: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> order id
+    rejected: list[str] = field(default_factory=list)
+    unavailable: int = 0  # answers 503
+    unreachable: int = 0  # no answer at all
+
+    async def run(self, orders: int, rate: float) -> None:
+        shape = random.Random(7)
+        tasks: list[asyncio.Task[None]] = []
+        for _ in range(orders):
+            lines = shape.sample(self.skus, shape.randint(1, 3))
+            body = {
+                "customer_id": f"C{shape.randint(1, 50)}",
+                "email": "load@example.com",
+                "items": [{"sku": sku, "qty": shape.randint(1, 2)} for sku in lines],
+            }
+            client = self.clients[len(tasks) % len(self.clients)]
+            tasks.append(asyncio.create_task(self.place(client, str(uuid4()), body)))
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+
+    async def place(self, client: httpx.AsyncClient, key: str, body: Mapping[str, object]) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 60
+        while loop.time() < give_up:
+            try:
+                response = await client.post("/orders", json=body, headers={"Idempotency-Key": key})
+            except httpx.TransportError:
+                self.unreachable += 1  # the API is down or restarting: again, with the same key
+            else:
+                if response.status_code == 201:
+                    self.accepted[key] = response.json()["id"]
+                    return
+                if response.status_code != 503:
+                    self.rejected.append(f"{response.status_code} {response.text}")
+                    return
+                self.unavailable += 1
+            await asyncio.sleep(0.1)
+        self.rejected.append(f"not accepted within 60s: {body}")
+
+
+async def assert_pipeline_consistent(
+    pool: asyncpg.Pool, rabbitmq_url: str, accepted: set[str], start_stock: dict[str, int]
+) -> None:
+    """Every invariant of the pipeline, once every order of the run has settled:
+
+    - every accepted order, and no other, is in the database, and reaches a final status;
+    - each product's stock is its starting stock minus what the paid orders hold;
+    - stock reserved for an order whose payment failed is given back;
+    - every order has exactly one notification, of the kind its status calls for;
+    - each consumer handled each of its events once, and no message was dead-lettered.
+    """
+
+    async def all_final() -> bool:
+        waiting = await pool.fetchval(
+            "SELECT count(*) FROM orders WHERE status IN ('pending', 'reserved')"
+        )
+        return bool(waiting == 0)
+
+    await wait_until(all_final, deadline=90, what="every order to reach a final status")
+
+    async def settled() -> bool:
+        row = await pool.fetchrow(
+            """
+            SELECT
+              (SELECT count(*) FROM orders) = (SELECT count(DISTINCT order_id) FROM notifications)
+                AS all_notified,
+              NOT EXISTS (
+                SELECT 1 FROM stock_reservations r JOIN orders o ON o.id = r.order_id
+                WHERE r.status = 'reserved' AND o.status <> 'paid') AS all_released,
+              NOT EXISTS (SELECT 1 FROM event_outbox WHERE status = 'NEW') AS all_sent
+            """
+        )
+        return bool(row and row["all_notified"] and row["all_released"] and row["all_sent"])
+
+    await wait_until(settled, deadline=60, what="notifications, releases and the outbox")
+
+    orders = {str(r["id"]): r["status"] for r in await pool.fetch("SELECT id, status FROM orders")}
+    assert set(orders) == accepted, "exactly the accepted orders, none twice, none lost"
+
+    paid_qty = {
+        r["sku"]: r["qty"]
+        for r in await pool.fetch(
+            """
+            SELECT i.sku, sum(i.qty) AS qty FROM order_items i JOIN orders o ON o.id = i.order_id
+            WHERE o.status = 'paid' GROUP BY i.sku
+            """
+        )
+    }
+    stock = {
+        r["sku"]: r["stock_qty"]
+        for r in await pool.fetch(
+            "SELECT sku, stock_qty FROM products WHERE sku = ANY($1::text[])", list(start_stock)
+        )
+    }
+    assert stock == {sku: start - paid_qty.get(sku, 0) for sku, start in start_stock.items()}
+
+    notifications = await pool.fetch(
+        "SELECT order_id, kind, count(*) OVER (PARTITION BY order_id) AS n FROM notifications"
+    )
+    assert all(r["n"] == 1 for r in notifications), "one notification per order"
+    assert {str(r["order_id"]): r["kind"] for r in notifications} == {
+        order_id: KIND_FOR_STATUS[status] for order_id, status in orders.items()
+    }
+
+    handled = {
+        (r["service"], r["event_type"]): r["n"]
+        for r in await pool.fetch(
+            """
+            SELECT p.service, e.event_type, count(*) AS n
+            FROM processed_events p JOIN event_outbox e ON e.event_id = p.event_id
+            GROUP BY p.service, e.event_type
+            """
+        )
+    }
+    statuses = list(orders.values())
+    charged = statuses.count("paid") + statuses.count("payment_failed")
+    expected = {
+        ("inventory", "OrderPlaced"): len(orders),
+        ("payment", "InventoryReserved"): charged,
+        ("inventory", "PaymentFailed"): statuses.count("payment_failed"),
+        ("notification", "PaymentCompleted"): statuses.count("paid"),
+        ("notification", "PaymentFailed"): statuses.count("payment_failed"),
+        ("notification", "OrderOutOfStock"): statuses.count("out_of_stock"),
+    }
+    assert handled == {key: n for key, n in expected.items() if n}
+
+    connection = await connect_once(Settings(rabbitmq_url=rabbitmq_url), "test")
+    async with connection:
+        channel = await connection.channel()
+        for spec in CONSUMER_QUEUES:
+            dlq = await channel.declare_queue(spec.dead_letter_queue, passive=True)
+            assert dlq.declaration_result.message_count == 0, f"{spec.dead_letter_queue} not empty"
