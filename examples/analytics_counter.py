@@ -19,10 +19,10 @@ from collections import Counter
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from acme_orders.events import EVENT_TYPE_BY_NAME
-from acme_orders.messaging import QueueSpec, connect, declare_queue
-from acme_orders.runtime import retry_until_ready, run_service
-from acme_orders.settings import Settings
+from acme_orders.core.events import EVENT_TYPE_BY_NAME
+from acme_orders.core.messaging import QueueSpec, connect, declare_queue
+from acme_orders.core.runtime import retry_until_ready, run_service
+from acme_orders.core.settings import Settings
 
 logger = logging.getLogger("analytics")
 

@@ -1,5 +1,5 @@
 """Write the AsyncAPI document of the events, asyncapi.yaml at the repository root, from the code
-(acme_orders.asyncapi); or, with --check, fail if the file is not what the code says.
+(acme_orders.ops.asyncapi); or, with --check, fail if the file is not what the code says.
 
     python scripts/generate_asyncapi.py            # (re)write asyncapi.yaml
     python scripts/generate_asyncapi.py --check    # exit 1 if asyncapi.yaml is out of date
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from acme_orders.asyncapi import asyncapi_document
+from acme_orders.ops.asyncapi import asyncapi_document
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = ROOT / "asyncapi.yaml"

@@ -16,8 +16,8 @@ from aio_pika.abc import AbstractChannel
 from fastapi import FastAPI
 
 from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.core.settings import Settings
 from acme_orders.order_api.app import create_app
-from acme_orders.settings import Settings
 from tests.environment import (
     TestEnvironment,
     create_environment,

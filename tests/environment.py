@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import asyncpg
 
-from acme_orders import database, messaging
-from acme_orders.runtime import pid_alive
-from acme_orders.settings import Settings
+from acme_orders.core import database, messaging
+from acme_orders.core.runtime import pid_alive
+from acme_orders.core.settings import Settings
 
 ADMIN_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from acme_orders.runtime import pid_alive
+from acme_orders.core.runtime import pid_alive
 from tests.waiting import wait_until
 
 OUTPUT_ROOT = Path(

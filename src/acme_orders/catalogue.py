@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from acme_orders.events import (
+from acme_orders.core.events import (
     EVENT_TYPES,
     Event,
     InventoryReleased,
@@ -23,8 +23,8 @@ from acme_orders.events import (
     PaymentCompleted,
     PaymentFailed,
 )
+from acme_orders.core.messaging import QueueSpec
 from acme_orders.inventory import service as inventory
-from acme_orders.messaging import QueueSpec
 from acme_orders.notification import service as notification
 from acme_orders.order_api import service as order_api
 from acme_orders.payment import service as payment

@@ -22,24 +22,23 @@ from uuid import UUID
 import asyncpg
 from aio_pika.exceptions import AMQPError
 
-from acme_orders import (
+from acme_orders import catalogue
+from acme_orders.core import database, messaging
+from acme_orders.core.runtime import ServiceMain, configure_logging, run_service
+from acme_orders.core.settings import Settings, get_settings
+from acme_orders.inventory import service as inventory
+from acme_orders.notification import service as notification
+from acme_orders.ops import (
     api_keys,
     broker_definitions,
-    catalogue,
-    database,
     dead_letters,
     housekeeping,
-    messaging,
     privacy,
     timeline,
 )
-from acme_orders.inventory import service as inventory
-from acme_orders.notification import service as notification
 from acme_orders.order_api import service as order_api
 from acme_orders.payment import service as payment
 from acme_orders.publisher import service as publisher
-from acme_orders.runtime import ServiceMain, configure_logging, run_service
-from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger("acme_orders.cli")
 
@@ -624,7 +623,7 @@ def bench(args: argparse.Namespace) -> int:
 
     configure_logging("bench", get_settings().log_level, get_settings().log_format)
     # The bench prints its own steps; creating the scratch database and queues is not news.
-    for chatty in ("acme_orders.database", "acme_orders.messaging"):
+    for chatty in ("acme_orders.core.database", "acme_orders.core.messaging"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return runner.run(
         runner.BenchOptions(

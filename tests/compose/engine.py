@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from acme_orders.runtime import pid_alive
+from acme_orders.core.runtime import pid_alive
 
 STATE_DIR = Path("/run/acme-orders-dockerd")
 PID_FILE = STATE_DIR / "dockerd.pid"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acme_orders.runtime import pid_alive
+from acme_orders.core.runtime import pid_alive
 from tests.processes import OUTPUT_DIR, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

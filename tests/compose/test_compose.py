@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from acme_orders.orders import FINAL_STATUSES
+from acme_orders.core.orders import FINAL_STATUSES
 from tests.compose.stack import ComposeStack, leftovers
 
 pytestmark = pytest.mark.compose

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from acme_orders.cli import CONSUMER_QUEUES, SERVICES, WORKERS
-from acme_orders.orders import FINAL_STATUSES
+from acme_orders.core.orders import FINAL_STATUSES
 from tests.environment import TestEnvironment, create_environment, drop_environment
 from tests.processes import ServiceProcess, free_port, stop_all
 from tests.waiting import wait_until

@@ -21,7 +21,7 @@ from schemathesis import checks
 from schemathesis.generation.case import Case
 from schemathesis.schemas import BaseSchema
 
-from acme_orders.api_keys import Scope, create_key
+from acme_orders.ops.api_keys import Scope, create_key
 from tests.e2e.conftest import start_service
 from tests.environment import TestEnvironment
 from tests.processes import free_port

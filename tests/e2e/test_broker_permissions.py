@@ -19,11 +19,11 @@ import httpx
 import pytest
 from aio_pika.exceptions import AMQPError
 
-from acme_orders import messaging
 from acme_orders.cli import CONSUMER_QUEUES
-from acme_orders.events import EXCHANGE
+from acme_orders.core import messaging
+from acme_orders.core.events import EXCHANGE
+from acme_orders.core.orders import FINAL_STATUSES
 from acme_orders.inventory.service import ORDER_PLACED_QUEUE
-from acme_orders.orders import FINAL_STATUSES
 from acme_orders.payment.service import QUEUES as PAYMENT_QUEUES
 from tests.broker_users import definitions_for, imported
 from tests.e2e.conftest import start_service

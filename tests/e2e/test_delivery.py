@@ -13,8 +13,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from acme_orders.cli import CONSUMER_QUEUES
-from acme_orders.events import EVENT_TYPES
-from acme_orders.messaging import QueueSpec
+from acme_orders.core.events import EVENT_TYPES
+from acme_orders.core.messaging import QueueSpec
 from tests.conftest import NewProduct, add_product, stock_of
 from tests.e2e.conftest import System
 from tests.waiting import wait_until

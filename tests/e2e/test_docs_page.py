@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from playwright.async_api import Page, Route
 
-from acme_orders.api_keys import Scope, create_key
+from acme_orders.ops.api_keys import Scope, create_key
 from tests.e2e.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
 from tests.e2e.conftest import start_service
 from tests.environment import TestEnvironment

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from acme_orders.cli import WORKERS
-from acme_orders.orders import OrderStatus
+from acme_orders.core.orders import OrderStatus
 from tests.conftest import add_product
 from tests.e2e.conftest import System
 from tests.waiting import wait_until

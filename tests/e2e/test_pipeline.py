@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.events import EXCHANGE
+from acme_orders.core.events import EXCHANGE
 from tests.conftest import NewProduct, add_product, stock_of
 from tests.e2e.conftest import System, wait_for_api, wait_ready
 from tests.environment import TestEnvironment
@@ -221,4 +221,4 @@ async def test_run_all_starts_the_system_and_stops_it_cleanly(fresh_env: TestEnv
     log = process.log()
     assert "all services stopped" in log
     for service in ("publisher", "inventory", "payment", "notification"):
-        assert f"INFO    {service:<12} acme_orders.runtime: stopped" in log
+        assert f"INFO    {service:<12} acme_orders.core.runtime: stopped" in log

@@ -16,7 +16,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from acme_orders.inventory.service import ORDER_PLACED_QUEUE
-from acme_orders.privacy import mask_email
+from acme_orders.ops.privacy import mask_email
 from tests.conftest import add_product
 from tests.e2e.conftest import System, start_service
 from tests.processes import OUTPUT_DIR, acme_orders, free_port

@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.api_keys import Scope, create_key, revoke_key
-from acme_orders.settings import Settings
+from acme_orders.core.settings import Settings
+from acme_orders.ops.api_keys import Scope, create_key, revoke_key
 from tests.conftest import NewProduct, api_client
 from tests.waiting import wait_until
 

@@ -18,10 +18,10 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from acme_orders import consumer as consumer_module
-from acme_orders.consumer import Consumer, ConsumerRunner, Handler, Route
-from acme_orders.database import Connection
-from acme_orders.events import (
+from acme_orders.core import consumer as consumer_module
+from acme_orders.core.consumer import Consumer, ConsumerRunner, Handler, Route
+from acme_orders.core.database import Connection
+from acme_orders.core.events import (
     EXCHANGE,
     Event,
     InventoryReserved,
@@ -31,12 +31,12 @@ from acme_orders.events import (
     PaymentCompleted,
     PaymentFailed,
 )
+from acme_orders.core.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
+from acme_orders.core.orders import UnprocessableEventError
+from acme_orders.core.settings import Settings
 from acme_orders.inventory.stock import release_stock, reserve_stock
-from acme_orders.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
 from acme_orders.notification.email import send_notifications
-from acme_orders.orders import UnprocessableEventError
 from acme_orders.payment.charge import charge_orders
-from acme_orders.settings import Settings
 from tests.conftest import NewProduct, stock_of
 from tests.waiting import wait_until
 

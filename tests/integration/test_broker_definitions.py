@@ -11,7 +11,7 @@ import aio_pika
 import pytest
 from aio_pika.exceptions import ProbableAuthenticationError
 
-from acme_orders.broker_definitions import with_passwords
+from acme_orders.ops.broker_definitions import with_passwords
 from tests.broker_users import definitions_for, imported
 from tests.environment import RABBITMQ_BASE_URL, TestEnvironment
 

@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from acme_orders.messaging import connect, connect_once
+from acme_orders.core.messaging import connect, connect_once
 from tests.environment import RABBITMQ_BASE_URL, TestEnvironment
 from tests.faults import TcpProxy
 from tests.processes import free_port

@@ -13,13 +13,13 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from acme_orders import consumer as consumer_module
-from acme_orders.consumer import Consumer, Route, serve_consumers
-from acme_orders.database import Connection
-from acme_orders.events import EXCHANGE, Event, OrderLine, OrderPlaced
+from acme_orders.core import consumer as consumer_module
+from acme_orders.core.consumer import Consumer, Route, serve_consumers
+from acme_orders.core.database import Connection
+from acme_orders.core.events import EXCHANGE, Event, OrderLine, OrderPlaced
+from acme_orders.core.messaging import DELIVERY_LIMIT, QueueSpec, declare_queue
+from acme_orders.core.settings import Settings
 from acme_orders.inventory.stock import reserve_stock
-from acme_orders.messaging import DELIVERY_LIMIT, QueueSpec, declare_queue
-from acme_orders.settings import Settings
 from tests.environment import TestEnvironment
 from tests.waiting import wait_until
 

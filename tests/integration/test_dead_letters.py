@@ -11,13 +11,13 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from acme_orders.dead_letters import (
+from acme_orders.core.messaging import QueueSpec, declare_queue
+from acme_orders.core.settings import Settings
+from acme_orders.ops.dead_letters import (
     UnknownQueueError,
     list_dead_letters,
     replay_dead_letters,
 )
-from acme_orders.messaging import QueueSpec, declare_queue
-from acme_orders.settings import Settings
 from tests.environment import TestEnvironment
 from tests.waiting import wait_until
 

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from acme_orders.housekeeping import (
+from acme_orders.ops.housekeeping import (
     outbox_status,
     purge_all,
     purge_idempotency_keys,
@@ -169,7 +169,7 @@ async def test_purge_all_uses_the_configured_retentions(
     await add_processed_events(fresh_pool, 1, age=2.5 * DAY)
     await add_idempotency_keys(fresh_pool, 1, age=timedelta(hours=2))
 
-    with caplog.at_level(logging.INFO, logger="acme_orders.housekeeping"):
+    with caplog.at_level(logging.INFO, logger="acme_orders.ops.housekeeping"):
         counts = await purge_all(fresh_pool, settings)
         again = await purge_all(fresh_pool, settings)
 
@@ -177,7 +177,7 @@ async def test_purge_all_uses_the_configured_retentions(
     assert again == {"event_outbox": 0, "processed_events": 0, "idempotency_keys": 0}
     assert await outbox_ids(fresh_pool) == set(kept_outbox)
     # One line for the purge that deleted something, none for the one that did not.
-    assert [r.getMessage() for r in caplog.records if r.name == "acme_orders.housekeeping"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "acme_orders.ops.housekeeping"] == [
         "purged 3 SENT outbox rows, 2 processed_events, 1 idempotency keys"
     ]
 

@@ -12,14 +12,14 @@ import asyncpg
 import httpx
 import pytest
 
+from acme_orders.core.orders import OrderStatus
+from acme_orders.core.settings import Settings
 from acme_orders.observability.metrics import (
     ORDERS_WINDOW,
     count_recent_orders,
     sample_outbox,
 )
 from acme_orders.observability.metrics_server import serve_metrics
-from acme_orders.orders import OrderStatus
-from acme_orders.settings import Settings
 from tests.processes import free_port
 
 

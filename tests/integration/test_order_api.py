@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
+from acme_orders.core.settings import Settings
 from acme_orders.order_api.app import create_app
-from acme_orders.settings import Settings
 from tests.conftest import NewProduct, api_client, app_client, stock_of
 
 # These tests are about orders, not about keys (test_api_security.py is): they call the API as the

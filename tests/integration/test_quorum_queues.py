@@ -10,7 +10,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from pamqp.common import FieldTable
 
-from acme_orders.messaging import QueueSpec, declare_queue
+from acme_orders.core.messaging import QueueSpec, declare_queue
 from tests.environment import TestEnvironment, rabbitmqctl
 
 

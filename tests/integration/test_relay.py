@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from acme_orders.events import EXCHANGE
-from acme_orders.messaging import connect, declare_exchange
+from acme_orders.core.events import EXCHANGE
+from acme_orders.core.messaging import connect, declare_exchange
 from acme_orders.publisher.relay import relay_outbox_batch
 from acme_orders.publisher.service import (
     FIRST_PAUSE,

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from acme_orders.settings import Settings
+from acme_orders.core.settings import Settings
 from tests.conftest import NewProduct, api_client
 
 GENERATED = re.compile(r"[0-9a-f]{32}")

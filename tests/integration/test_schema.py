@@ -11,14 +11,14 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-from acme_orders.database import (
+from acme_orders.core.database import (
     migrate,
     migration_files,
     migrations_dir,
     unapplied_migrations,
     wait_for_schema,
 )
-from acme_orders.settings import Settings
+from acme_orders.core.settings import Settings
 from tests.conftest import stock_of
 from tests.environment import TestEnvironment
 

@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.api_keys import hash_token
-from acme_orders.privacy import FORGOTTEN
+from acme_orders.ops.api_keys import hash_token
+from acme_orders.ops.privacy import FORGOTTEN
 from tests.conftest import add_product, api_client
 from tests.environment import TestEnvironment
 from tests.processes import acme_orders

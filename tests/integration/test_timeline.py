@@ -20,10 +20,10 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from acme_orders.api_keys import Scope, create_key
+from acme_orders.core.settings import Settings
 from acme_orders.inventory.service import ORDER_PLACED_QUEUE
+from acme_orders.ops.api_keys import Scope, create_key
 from acme_orders.order_api.board import Snapshots, snapshot_event
-from acme_orders.settings import Settings
 from tests.conftest import NewProduct, add_product, api_client
 from tests.environment import TestEnvironment
 from tests.processes import acme_orders, free_port

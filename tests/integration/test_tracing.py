@@ -19,11 +19,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from acme_orders.consumer import Consumer, ConsumerRunner, Route
-from acme_orders.events import OrderPlaced
+from acme_orders.core.consumer import Consumer, ConsumerRunner, Route
+from acme_orders.core.events import OrderPlaced
+from acme_orders.core.messaging import declare_dead_letter_exchange, declare_exchange
 from acme_orders.inventory.service import ORDER_PLACED_QUEUE
 from acme_orders.inventory.stock import reserve_stock
-from acme_orders.messaging import declare_dead_letter_exchange, declare_exchange
 from acme_orders.observability import tracing
 from acme_orders.publisher.relay import relay_outbox_batch
 from tests.conftest import api_client

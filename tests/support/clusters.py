@@ -17,8 +17,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from acme_orders import database, messaging
-from acme_orders.settings import Settings
+from acme_orders.core import database, messaging
+from acme_orders.core.settings import Settings
 from tests.environment import TestEnvironment
 from tests.support.postgres_pair import PostgresPair
 from tests.support.rabbitmq_cluster import RabbitCluster

@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 
 from acme_orders.cli import CONSUMER_QUEUES
-from acme_orders.messaging import connect_once
-from acme_orders.settings import Settings
+from acme_orders.core.messaging import connect_once
+from acme_orders.core.settings import Settings
 from tests.waiting import wait_until
 
 KIND_FOR_STATUS = {

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acme_orders.runtime import pid_alive
+from acme_orders.core.runtime import pid_alive
 
 logger = logging.getLogger(__name__)
 

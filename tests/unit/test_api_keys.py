@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from acme_orders.api_keys import NAME_PATTERN, PREFIX, ApiKey, ApiKeyCache, Scope, hash_token
-from acme_orders.api_keys import new_token as make_token
+from acme_orders.ops.api_keys import NAME_PATTERN, PREFIX, ApiKey, ApiKeyCache, Scope, hash_token
+from acme_orders.ops.api_keys import new_token as make_token
 
 
 class FakePool:

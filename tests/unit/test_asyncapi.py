@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from acme_orders import catalogue
-from acme_orders.asyncapi import asyncapi_document
-from acme_orders.events import (
+from acme_orders.core.events import (
     EVENT_TYPES,
     EXCHANGE,
     Event,
@@ -31,6 +30,7 @@ from acme_orders.events import (
     StockLine,
     StockShortage,
 )
+from acme_orders.ops.asyncapi import asyncapi_document
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "asyncapi.yaml"

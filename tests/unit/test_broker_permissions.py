@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from acme_orders.events import EVENT_TYPES, EXCHANGE
+from acme_orders.core.events import EVENT_TYPES, EXCHANGE
+from acme_orders.core.messaging import DEAD_LETTER_EXCHANGE, QueueSpec
 from acme_orders.inventory import service as inventory
-from acme_orders.messaging import DEAD_LETTER_EXCHANGE, QueueSpec
 from acme_orders.notification import service as notification
 from acme_orders.payment import service as payment
 from acme_orders.publisher import service as publisher

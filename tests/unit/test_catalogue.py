@@ -7,7 +7,7 @@ import pytest
 
 from acme_orders import catalogue
 from acme_orders.cli import CONSUMER_QUEUES, WORKERS
-from acme_orders.events import (
+from acme_orders.core.events import (
     EVENT_TYPES,
     Event,
     InventoryReleased,

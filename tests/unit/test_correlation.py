@@ -10,7 +10,7 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
-from acme_orders.events import (
+from acme_orders.core.events import (
     InventoryReserved,
     OrderLine,
     OrderPlaced,

@@ -7,7 +7,7 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
-from acme_orders.events import (
+from acme_orders.core.events import (
     EVENT_TYPE_BY_NAME,
     EVENT_TYPES,
     OrderLine,

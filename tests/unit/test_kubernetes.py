@@ -27,10 +27,10 @@ from referencing import Registry, Resource
 
 from acme_orders import catalogue
 from acme_orders.cli import SERVICES, build_parser
+from acme_orders.core.runtime import CLOSE_TIMEOUT
+from acme_orders.core.settings import Settings
 from acme_orders.observability.metrics_server import ServiceHealth, metrics_port, worker_app
 from acme_orders.order_api.app import create_app
-from acme_orders.runtime import CLOSE_TIMEOUT
-from acme_orders.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"

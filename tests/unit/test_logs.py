@@ -14,7 +14,9 @@ import pytest
 from asyncpg.pgproto import pgproto
 from pydantic import ValidationError
 
-from acme_orders.events import OrderLine, OrderPlaced
+from acme_orders.core.events import OrderLine, OrderPlaced
+from acme_orders.core.runtime import configure_logging
+from acme_orders.core.settings import Settings
 from acme_orders.observability.logs import (
     ContextFilter,
     JsonFormatter,
@@ -24,8 +26,6 @@ from acme_orders.observability.logs import (
     log_context,
     resolve_log_format,
 )
-from acme_orders.runtime import configure_logging
-from acme_orders.settings import Settings
 
 
 @pytest.fixture

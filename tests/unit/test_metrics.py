@@ -11,7 +11,8 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
 
-from acme_orders.events import InventoryReleased, OrderPlaced
+from acme_orders.core.events import InventoryReleased, OrderPlaced
+from acme_orders.core.settings import Settings
 from acme_orders.observability.metrics import (
     ALL_METRICS,
     OUTCOMES,
@@ -23,7 +24,6 @@ from acme_orders.observability.metrics import (
 )
 from acme_orders.observability.metrics_server import ServiceHealth, metrics_port, worker_app
 from acme_orders.order_api.http_metrics import HttpMetrics
-from acme_orders.settings import Settings
 
 
 def sample(name: str, **labels: str) -> float:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from acme_orders.database import migration_files, migrations_dir
+from acme_orders.core.database import migration_files, migrations_dir
 
 
 def test_baseline_comes_first_then_numbered_files_in_numeric_order(tmp_path: Path) -> None:

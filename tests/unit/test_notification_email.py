@@ -5,9 +5,9 @@ from uuid import uuid4
 
 import pytest
 
-from acme_orders.events import OrderOutOfStock, PaymentCompleted, PaymentFailed, StockShortage
+from acme_orders.core.events import OrderOutOfStock, PaymentCompleted, PaymentFailed, StockShortage
 from acme_orders.notification.email import compose_email
-from acme_orders.privacy import mask_email
+from acme_orders.ops.privacy import mask_email
 
 
 @pytest.mark.parametrize(

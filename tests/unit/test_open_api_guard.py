@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
+from acme_orders.core.settings import Settings
 from acme_orders.order_api.security import is_loopback
 from acme_orders.order_api.service import may_listen
-from acme_orders.settings import Settings
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.53", "::1", "[::1]", "localhost"])

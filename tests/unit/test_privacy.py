@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from acme_orders.privacy import mask_emails_in
+from acme_orders.ops.privacy import mask_emails_in
 
 
 @pytest.mark.parametrize(

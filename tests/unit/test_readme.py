@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from acme_orders.cli import CONSUMER_QUEUES
-from acme_orders.events import EVENT_TYPES, Event
-from acme_orders.settings import Settings
+from acme_orders.core.events import EVENT_TYPES, Event
+from acme_orders.core.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

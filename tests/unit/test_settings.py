@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from acme_orders.database import admin_url
-from acme_orders.settings import Settings
+from acme_orders.core.database import admin_url
+from acme_orders.core.settings import Settings
 
 
 def test_retentions_have_safe_defaults() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from acme_orders.orders import OrderStatus
-from acme_orders.timeline import Handling, Timeline, TimelineEvent, render_timeline
+from acme_orders.core.orders import OrderStatus
+from acme_orders.ops.timeline import Handling, Timeline, TimelineEvent, render_timeline
 
 ORDER = UUID("71f5c2aa-0000-4000-8000-000000002778")
 PLACED = datetime(2025, 5, 1, 10, 0, 3, 412000, tzinfo=UTC)

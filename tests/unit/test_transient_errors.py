@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 from asyncpg import exceptions
 
-from acme_orders.database import is_transient
+from acme_orders.core.database import is_transient
 
 OUTAGES = [
     exceptions.TooManyConnectionsError,  # 53300: a role's or the server's connection limit

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from acme_orders.events import (
+from acme_orders.core.events import (
     EVENT_TYPES,
     MAX_LINES,
     MAX_QTY,

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from acme_orders.benchmark import broker_load
-from acme_orders.events import (
+from acme_orders.core.events import (
     Event,
     InventoryReserved,
     OrderLine,
     OrderPlaced,
     PaymentCompleted,
 )
-from acme_orders.settings import Settings
+from acme_orders.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import aio_pika
 import asyncpg
 
 from acme_orders.benchmark import measure, system
-from acme_orders.events import OrderLine, OrderPlaced
-from acme_orders.messaging import QueueSpec, declare_topology
+from acme_orders.core.events import OrderLine, OrderPlaced
+from acme_orders.core.messaging import QueueSpec, declare_topology
+from acme_orders.core.settings import Settings
 from acme_orders.publisher.service import SERVICE
-from acme_orders.settings import Settings
 
 # Bound to a routing key no service publishes or consumes: what lands there is the backlog only.
 QUEUE = QueueSpec("bench.drain", ("bench.drain",))

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from acme_orders.orders import FINAL_STATUSES
+from acme_orders.core.orders import FINAL_STATUSES
 
 logger = logging.getLogger(__name__)
 

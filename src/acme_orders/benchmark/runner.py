@@ -23,7 +23,7 @@ import asyncpg
 import psutil
 
 from acme_orders.benchmark import ceilings, drain, load, measure, report, system
-from acme_orders.settings import Settings, get_settings
+from acme_orders.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from urllib.request import urlopen
 
 import asyncpg
 
-from acme_orders import database, messaging
-from acme_orders.runtime import pid_alive
-from acme_orders.settings import Settings
+from acme_orders.core import database, messaging
+from acme_orders.core.runtime import pid_alive
+from acme_orders.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from acme_orders.consumer import Consumer, Route, serve_consumers
-from acme_orders.events import OrderPlaced, PaymentFailed
+from acme_orders.core.consumer import Consumer, Route, serve_consumers
+from acme_orders.core.events import OrderPlaced, PaymentFailed
+from acme_orders.core.messaging import QueueSpec
+from acme_orders.core.settings import Settings
 from acme_orders.inventory.stock import release_stock, reserve_stock
-from acme_orders.messaging import QueueSpec
-from acme_orders.settings import Settings
 
 SERVICE = "inventory"
 ORDER_PLACED_QUEUE = QueueSpec("inventory.order.placed", (OrderPlaced.routing_key,))

@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from uuid import UUID
 
-from acme_orders.database import Connection
-from acme_orders.events import (
+from acme_orders.core.database import Connection
+from acme_orders.core.events import (
     Event,
     InventoryReleased,
     InventoryReserved,
@@ -23,8 +23,8 @@ from acme_orders.events import (
     StockShortage,
     caused_by,
 )
+from acme_orders.core.orders import OrderStatus, lock_orders
 from acme_orders.observability.logs import event_log_context
-from acme_orders.orders import OrderStatus, lock_orders
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from acme_orders.database import Connection
-from acme_orders.events import Event, OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.core.database import Connection
+from acme_orders.core.events import Event, OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.core.orders import lock_orders
 from acme_orders.observability.logs import event_log_context
-from acme_orders.orders import lock_orders
-from acme_orders.privacy import mask_email
+from acme_orders.ops.privacy import mask_email
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from acme_orders.consumer import Consumer, Route, serve_consumers
-from acme_orders.events import OrderOutOfStock, PaymentCompleted, PaymentFailed
-from acme_orders.messaging import QueueSpec
+from acme_orders.core.consumer import Consumer, Route, serve_consumers
+from acme_orders.core.events import OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.core.messaging import QueueSpec
+from acme_orders.core.settings import Settings
 from acme_orders.notification.email import send_notifications
-from acme_orders.settings import Settings
 
 SERVICE = "notification"
 # "payment.*": every payment outcome, present and future, reaches this queue.

@@ -19,7 +19,7 @@ from uuid import UUID
 
 import orjson
 
-from acme_orders.events import Event
+from acme_orders.core.events import Event
 
 LogFormat = Literal["auto", "json", "text"]
 # The fields a log line can carry beside its message, in the order they are written.

@@ -20,8 +20,8 @@ import asyncpg
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from acme_orders.events import EVENT_TYPE_BY_NAME, Event
-from acme_orders.orders import OrderStatus
+from acme_orders.core.events import EVENT_TYPE_BY_NAME, Event
+from acme_orders.core.orders import OrderStatus
 
 # What became of a message a consumer took off its queue.
 Outcome = Literal["handled", "duplicate", "retried", "dead_lettered", "ignored"]

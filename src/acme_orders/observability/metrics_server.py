@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import make_asgi_app
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from acme_orders.settings import Settings
+from acme_orders.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

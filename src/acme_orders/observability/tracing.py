@@ -26,14 +26,14 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from acme_orders import __version__
-from acme_orders.events import EXCHANGE, Event
-from acme_orders.settings import Settings
+from acme_orders.core.events import EXCHANGE, Event
+from acme_orders.core.settings import Settings
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
     from opentelemetry.sdk.trace import TracerProvider
 
-    from acme_orders.outbox import OutboxRow
+    from acme_orders.core.outbox import OutboxRow
 
 logger = logging.getLogger(__name__)
 

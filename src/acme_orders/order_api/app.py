@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders import __version__
-from acme_orders.api_keys import ApiKeyCache
-from acme_orders.database import close_pool, create_pool, is_transient
+from acme_orders.core.database import close_pool, create_pool, is_transient
+from acme_orders.core.settings import Settings, get_settings
+from acme_orders.ops.api_keys import ApiKeyCache
 from acme_orders.order_api.board import board
 from acme_orders.order_api.docs_routes import docs
 from acme_orders.order_api.http_metrics import HttpMetrics, metrics
@@ -22,7 +23,6 @@ from acme_orders.order_api.request_context import RequestContext
 from acme_orders.order_api.routes import health, orders, products
 from acme_orders.order_api.store import PriceBook
 from acme_orders.order_api.timeline_routes import timeline
-from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -37,13 +37,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from acme_orders import catalogue
-from acme_orders.database import Connection
-from acme_orders.messaging import connect_once
+from acme_orders.core.database import Connection
+from acme_orders.core.messaging import connect_once
+from acme_orders.core.orders import OrderStatus
+from acme_orders.core.settings import Settings
+from acme_orders.ops.privacy import mask_emails_in
 from acme_orders.order_api.routes import Pool
 from acme_orders.order_api.security import Admin
-from acme_orders.orders import OrderStatus
-from acme_orders.privacy import mask_emails_in
-from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Annotated, Final
 from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from acme_orders.events import CORRELATION_ID_PATTERN
+from acme_orders.core.events import CORRELATION_ID_PATTERN
 from acme_orders.observability import tracing
 from acme_orders.observability.logs import log_context
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 
 from acme_orders.observability.logs import log_context
 from acme_orders.observability.metrics import EVENTS_EMITTED
+from acme_orders.ops.privacy import mask_emails_in
 from acme_orders.order_api import store
 from acme_orders.order_api.request_context import RequestId
 from acme_orders.order_api.schemas import (
@@ -23,7 +24,6 @@ from acme_orders.order_api.schemas import (
     ProductOut,
 )
 from acme_orders.order_api.security import OrderPlacer, Reader
-from acme_orders.privacy import mask_emails_in
 
 logger = logging.getLogger(__name__)
 

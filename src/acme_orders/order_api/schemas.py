@@ -9,8 +9,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
-from acme_orders.events import MAX_LINES, MAX_QTY
-from acme_orders.orders import OrderStatus
+from acme_orders.core.events import MAX_LINES, MAX_QTY
+from acme_orders.core.orders import OrderStatus
 
 # Bounds that keep a request sane and every value inside its column; the events the order becomes
 # are held to the same ones.

@@ -18,9 +18,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from acme_orders.api_keys import ApiKey, ApiKeyCache, Scope
+from acme_orders.core.settings import Settings
+from acme_orders.ops.api_keys import ApiKey, ApiKeyCache, Scope
 from acme_orders.order_api.rate_limit import TokenBucketLimiter
-from acme_orders.settings import Settings
 
 # auto_error=False: a missing or malformed header is ours to answer (401 with WWW-Authenticate;
 # FastAPI's own answer is a 403). The scheme still shows in the OpenAPI document and /docs.

@@ -6,10 +6,10 @@ import logging
 
 import uvicorn
 
+from acme_orders.core.runtime import configure_logging
+from acme_orders.core.settings import Settings, get_settings
 from acme_orders.observability.tracing import configure_tracing
 from acme_orders.order_api.security import open_to_the_network
-from acme_orders.runtime import configure_logging
-from acme_orders.settings import Settings, get_settings
 
 SERVICE = "api"
 

@@ -13,10 +13,10 @@ from uuid import UUID
 
 import asyncpg
 
-from acme_orders.events import OrderLine, OrderPlaced
+from acme_orders.core.events import OrderLine, OrderPlaced
+from acme_orders.core.orders import OrderStatus
 from acme_orders.observability import tracing
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
-from acme_orders.orders import OrderStatus
 
 ORDER_COLUMNS = "id, customer_id, email, status, total, created_at, updated_at"
 TRANSIENT_ATTEMPTS = 3

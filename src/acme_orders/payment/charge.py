@@ -8,16 +8,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
-from acme_orders.database import Connection
-from acme_orders.events import (
+from acme_orders.core.database import Connection
+from acme_orders.core.events import (
     Event,
     InventoryReserved,
     PaymentCompleted,
     PaymentFailed,
     caused_by,
 )
+from acme_orders.core.orders import OrderStatus, lock_orders, set_order_statuses
 from acme_orders.observability.logs import event_log_context
-from acme_orders.orders import OrderStatus, lock_orders, set_order_statuses
 
 logger = logging.getLogger(__name__)
 

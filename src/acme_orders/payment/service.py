@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import functools
 
-from acme_orders.consumer import Consumer, Route, serve_consumers
-from acme_orders.events import InventoryReserved
-from acme_orders.messaging import QueueSpec
+from acme_orders.core.consumer import Consumer, Route, serve_consumers
+from acme_orders.core.events import InventoryReserved
+from acme_orders.core.messaging import QueueSpec
+from acme_orders.core.settings import Settings
 from acme_orders.payment.charge import charge_orders, simulated_gateway
-from acme_orders.settings import Settings
 
 SERVICE = "payment"
 INVENTORY_RESERVED_QUEUE = QueueSpec("payment.inventory.reserved", (InventoryReserved.routing_key,))

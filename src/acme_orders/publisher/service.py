@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
-from acme_orders.housekeeping import purge_all
-from acme_orders.messaging import declare_exchange
+from acme_orders.core.messaging import declare_exchange
+from acme_orders.core.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
+from acme_orders.core.settings import Settings
 from acme_orders.observability.metrics import (
     ORDERS_SAMPLE_INTERVAL,
     OUTBOX_SAMPLE_INTERVAL,
@@ -24,9 +25,8 @@ from acme_orders.observability.metrics import (
     set_orders_gauge,
     set_outbox_gauges,
 )
+from acme_orders.ops.housekeeping import purge_all
 from acme_orders.publisher.relay import listen_for_outbox, relay_outbox_batch
-from acme_orders.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
-from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
 

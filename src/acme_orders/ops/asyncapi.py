@@ -13,8 +13,8 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from acme_orders import __version__, catalogue
-from acme_orders.events import EVENT_TYPES, EXCHANGE, Event
-from acme_orders.messaging import DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, QueueSpec
+from acme_orders.core.events import EVENT_TYPES, EXCHANGE, Event
+from acme_orders.core.messaging import DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, QueueSpec
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"

@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from acme_orders import catalogue
-from acme_orders.orders import OrderStatus
+from acme_orders.core.orders import OrderStatus
 
 
 @dataclass(frozen=True, slots=True)

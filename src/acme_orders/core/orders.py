@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from uuid import UUID
 
-from acme_orders.database import Connection
+from acme_orders.core.database import Connection
 
 
 class OrderStatus(StrEnum):

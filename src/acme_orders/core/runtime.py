@@ -16,8 +16,9 @@ import asyncpg
 import uvloop
 from aio_pika.abc import AbstractRobustConnection
 
-from acme_orders.database import close_pool, create_pool
-from acme_orders.messaging import connect
+from acme_orders.core.database import close_pool, create_pool
+from acme_orders.core.messaging import connect
+from acme_orders.core.settings import Settings, get_settings
 from acme_orders.observability.logs import (
     ContextFilter,
     LogFormat,
@@ -26,7 +27,6 @@ from acme_orders.observability.logs import (
 )
 from acme_orders.observability.metrics_server import serve_metrics, service_health
 from acme_orders.observability.tracing import configure_tracing
-from acme_orders.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

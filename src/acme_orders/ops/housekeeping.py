@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from acme_orders.settings import Settings
+from acme_orders.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from aio_pika.abc import (
 from aio_pika.exceptions import ChannelPreconditionFailed
 from yarl import URL
 
-from acme_orders.events import EXCHANGE
-from acme_orders.outbox import OutboxRow
-from acme_orders.settings import Settings
+from acme_orders.core.events import EXCHANGE
+from acme_orders.core.outbox import OutboxRow
+from acme_orders.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

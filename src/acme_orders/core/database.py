@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from acme_orders.settings import Settings
+from acme_orders.core.settings import Settings
 
 # A connection of its own or one borrowed from a pool: handlers take either.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -91,7 +91,7 @@ def migrations_dir() -> Path:
     packaged = Path(str(resources.files("acme_orders").joinpath("migrations")))
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[2] / "db"
+    return Path(__file__).resolve().parents[3] / "db"
 
 
 def migration_files(directory: Path) -> list[Path]:

@@ -29,16 +29,16 @@ import orjson
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from acme_orders.database import Connection, is_transient
-from acme_orders.events import Event, caused_by
-from acme_orders.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
+from acme_orders.core.database import Connection, is_transient
+from acme_orders.core.events import Event, caused_by
+from acme_orders.core.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
+from acme_orders.core.orders import UnprocessableEventError
+from acme_orders.core.outbox import add_to_outbox
+from acme_orders.core.runtime import open_connections, wait_any, wait_or_stop
+from acme_orders.core.settings import Settings
 from acme_orders.observability import tracing
 from acme_orders.observability.logs import event_log_context
 from acme_orders.observability.metrics import ConsumerMetrics, event_type_label
-from acme_orders.orders import UnprocessableEventError
-from acme_orders.outbox import add_to_outbox
-from acme_orders.runtime import open_connections, wait_any, wait_or_stop
-from acme_orders.settings import Settings
 
 logger = logging.getLogger(__name__)
 

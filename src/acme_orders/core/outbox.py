@@ -9,8 +9,8 @@ from uuid import UUID
 
 import orjson
 
-from acme_orders.database import Connection
-from acme_orders.events import Event
+from acme_orders.core.database import Connection
+from acme_orders.core.events import Event
 from acme_orders.observability import tracing
 
 

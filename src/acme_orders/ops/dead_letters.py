@@ -30,8 +30,8 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from acme_orders.messaging import QueueSpec, connect_once
-from acme_orders.settings import Settings
+from acme_orders.core.messaging import QueueSpec, connect_once
+from acme_orders.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

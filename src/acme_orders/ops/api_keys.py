@@ -20,7 +20,7 @@ from enum import StrEnum
 
 import asyncpg
 
-from acme_orders.database import Connection
+from acme_orders.core.database import Connection
 
 PREFIX = "acme_"
 # What a name may be: also a CHECK in db/003_api_keys.sql.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from acme_orders.database import Connection
-from acme_orders.orders import FINAL_STATUSES
+from acme_orders.core.database import Connection
+from acme_orders.core.orders import FINAL_STATUSES
 
 # Anything that looks like an address, in text that is not meant to hold one.
 _ADDRESS = re.compile(r"[^\s@]+@[^\s@]+")
