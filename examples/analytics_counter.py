@@ -20,9 +20,10 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
 from acme_orders.core.events import EVENT_TYPE_BY_NAME
-from acme_orders.core.messaging import QueueSpec, connect, declare_queue
+from acme_orders.core.messaging import connect, declare_queue
 from acme_orders.core.runtime import retry_until_ready, run_service
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QueueSpec
 
 logger = logging.getLogger("analytics")
 

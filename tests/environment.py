@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from acme_orders.core import database, messaging
+from acme_orders.core import database, messaging, topology
 from acme_orders.core.runtime import pid_alive
 from acme_orders.core.settings import Settings
 
@@ -103,7 +103,7 @@ class TestEnvironment:
         return env
 
 
-async def create_environment(queues: list[messaging.QueueSpec]) -> TestEnvironment:
+async def create_environment(queues: list[topology.QueueSpec]) -> TestEnvironment:
     env = TestEnvironment(f"acme_test_{os.getpid()}_{secrets.token_hex(4)}")
     admin = await asyncpg.connect(ADMIN_DATABASE_URL)
     try:

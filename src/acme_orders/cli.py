@@ -22,8 +22,7 @@ from uuid import UUID
 import asyncpg
 from aio_pika.exceptions import AMQPError
 
-from acme_orders import catalogue
-from acme_orders.core import database, messaging
+from acme_orders.core import database, messaging, topology
 from acme_orders.core.runtime import ServiceMain, configure_logging, run_service
 from acme_orders.core.settings import Settings, get_settings
 from acme_orders.inventory import service as inventory
@@ -50,7 +49,7 @@ WORKERS: dict[str, ServiceMain] = {
 }
 SERVICES = (order_api.SERVICE, *WORKERS)
 # Every consumer queue, from the one list the timeline, the board and asyncapi.yaml read too.
-CONSUMER_QUEUES = list(catalogue.QUEUES)
+CONSUMER_QUEUES = list(topology.QUEUES)
 
 
 def migrate() -> int:

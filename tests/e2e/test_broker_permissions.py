@@ -23,8 +23,7 @@ from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.core import messaging
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.orders import FINAL_STATUSES
-from acme_orders.inventory.service import ORDER_PLACED_QUEUE
-from acme_orders.payment.service import QUEUES as PAYMENT_QUEUES
+from acme_orders.core.topology import INVENTORY_ORDER_PLACED, PAYMENT_INVENTORY_RESERVED
 from tests.broker_users import definitions_for, imported
 from tests.e2e.conftest import start_service
 from tests.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
@@ -62,7 +61,7 @@ async def refused(url: str, action: str, *, key: str = "order.placed") -> bool:
             queue = await channel.get_queue(action.removeprefix("consume "), ensure=False)
             await queue.get(no_ack=False, fail=False, timeout=10)
         elif action == "bind to everything":
-            queue = await channel.get_queue(PAYMENT_QUEUES[0].name, ensure=False)
+            queue = await channel.get_queue(PAYMENT_INVENTORY_RESERVED.name, ensure=False)
             await queue.bind(EXCHANGE, routing_key="#", timeout=10)
         elif action == "declare a queue":
             await channel.declare_queue("analytics.all-events", durable=True, timeout=10)
@@ -92,9 +91,9 @@ async def park_garbage_through_the_consumer(env: TestEnvironment) -> None:
         channel = await connection.channel(publisher_confirms=True)
         await channel.default_exchange.publish(
             aio_pika.Message(b"not json", message_id="garbage"),
-            routing_key=ORDER_PLACED_QUEUE.name,
+            routing_key=INVENTORY_ORDER_PLACED.name,
         )
-        dlq = await channel.get_queue(ORDER_PLACED_QUEUE.dead_letter_queue)
+        dlq = await channel.get_queue(INVENTORY_ORDER_PLACED.dead_letter_queue)
 
         async def parked() -> bool:
             message = await dlq.get(no_ack=True, fail=False)
@@ -157,16 +156,16 @@ FORBIDDEN = [
     ("acme-payment", "publish an event"),
     ("acme-notification", "publish an event"),
     ("acme-operator", "publish an event"),
-    ("acme-inventory", f"consume {PAYMENT_QUEUES[0].name}"),
-    ("acme-notification", f"consume {PAYMENT_QUEUES[0].name}"),
-    ("acme-publisher", f"consume {PAYMENT_QUEUES[0].name}"),
-    ("acme-operator", f"consume {PAYMENT_QUEUES[0].name}"),
+    ("acme-inventory", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
+    ("acme-notification", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
+    ("acme-publisher", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
+    ("acme-operator", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
     ("acme-payment", "bind to everything"),
     ("acme-publisher", "declare a queue"),
     ("acme-operator", "declare a queue"),
     ("acme-payment", "declare a queue"),
     ("acme-board", "publish an event"),
-    ("acme-board", f"consume {PAYMENT_QUEUES[0].name}"),
+    ("acme-board", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
     ("acme-board", "declare a queue"),
 ]
 

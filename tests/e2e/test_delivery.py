@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractChannel
 
 from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.core.events import EVENT_TYPES
-from acme_orders.core.messaging import QueueSpec
+from acme_orders.core.topology import QueueSpec
 from tests.conftest import NewProduct, add_product, stock_of
 from tests.e2e.conftest import System
 from tests.waiting import wait_until

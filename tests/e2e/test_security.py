@@ -15,7 +15,7 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from acme_orders.inventory.service import ORDER_PLACED_QUEUE
+from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.ops.privacy import mask_email
 from tests.conftest import add_product
 from tests.e2e.conftest import System, start_service
@@ -159,9 +159,9 @@ async def test_an_event_out_of_bounds_is_parked_before_it_touches_the_database(
     }
     await channel.default_exchange.publish(
         aio_pika.Message(json.dumps(hostile).encode(), message_id=message_id),
-        routing_key=ORDER_PLACED_QUEUE.name,
+        routing_key=INVENTORY_ORDER_PLACED.name,
     )
-    dlq = await channel.get_queue(ORDER_PLACED_QUEUE.dead_letter_queue)
+    dlq = await channel.get_queue(INVENTORY_ORDER_PLACED.dead_letter_queue)
 
     async def parked() -> aio_pika.abc.AbstractIncomingMessage | None:
         while (message := await dlq.get(no_ack=True, fail=False)) is not None:

@@ -31,9 +31,10 @@ from acme_orders.core.events import (
     PaymentCompleted,
     PaymentFailed,
 )
-from acme_orders.core.messaging import QueueSpec, declare_dead_letter_exchange, declare_queue
+from acme_orders.core.messaging import declare_dead_letter_exchange, declare_queue
 from acme_orders.core.orders import UnprocessableEventError
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QueueSpec
 from acme_orders.inventory.stock import release_stock, reserve_stock
 from acme_orders.notification.email import send_notifications
 from acme_orders.payment.charge import charge_orders

@@ -17,8 +17,9 @@ from acme_orders.core import consumer as consumer_module
 from acme_orders.core.consumer import Consumer, Route, serve_consumers
 from acme_orders.core.database import Connection
 from acme_orders.core.events import EXCHANGE, Event, OrderLine, OrderPlaced
-from acme_orders.core.messaging import DELIVERY_LIMIT, QueueSpec, declare_queue
+from acme_orders.core.messaging import DELIVERY_LIMIT, declare_queue
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QueueSpec
 from acme_orders.inventory.stock import reserve_stock
 from tests.environment import TestEnvironment
 from tests.waiting import wait_until

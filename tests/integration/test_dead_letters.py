@@ -11,8 +11,9 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from acme_orders.core.messaging import QueueSpec, declare_queue
+from acme_orders.core.messaging import declare_queue
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QueueSpec
 from acme_orders.ops.dead_letters import (
     UnknownQueueError,
     list_dead_letters,

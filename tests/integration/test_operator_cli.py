@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from acme_orders.inventory.service import ORDER_PLACED_QUEUE
+from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from tests.environment import TestEnvironment
 from tests.processes import acme_orders, free_port
 
@@ -27,7 +27,7 @@ async def park(channel: AbstractChannel, reason: str) -> tuple[str, str]:
             json.dumps(body).encode(),
             headers={
                 "x-dead-letter-reason": reason,
-                "x-dead-letter-queue": ORDER_PLACED_QUEUE.name,
+                "x-dead-letter-queue": INVENTORY_ORDER_PLACED.name,
                 "x-dead-lettered-at": datetime.now(UTC).isoformat(),
             },
             content_type="application/json",
@@ -35,7 +35,7 @@ async def park(channel: AbstractChannel, reason: str) -> tuple[str, str]:
             type="OrderPlaced",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         ),
-        routing_key=ORDER_PLACED_QUEUE.dead_letter_queue,
+        routing_key=INVENTORY_ORDER_PLACED.dead_letter_queue,
     )
     return message_id, order_id
 
@@ -96,7 +96,7 @@ async def test_dlq_list_prints_each_dead_letter_with_its_reason(
 
     assert result.returncode == 0, result.stderr
     first, second, last = result.stdout.splitlines()
-    assert first.startswith(f"{ORDER_PLACED_QUEUE.name}  ")
+    assert first.startswith(f"{INVENTORY_ORDER_PLACED.name}  ")
     assert f"message {message_id}" in first
     assert "OrderPlaced" in first
     assert f"order {order_id}" in first
@@ -112,14 +112,13 @@ async def test_dlq_replay_of_one_id_prints_one_moved(
     await park(fresh_channel, "reason two")
 
     result = await acme_orders(
-        fresh_env.environ(), "dlq", "replay", ORDER_PLACED_QUEUE.name, "--id", message_id
+        fresh_env.environ(), "dlq", "replay", INVENTORY_ORDER_PLACED.name, "--id", message_id
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == (
-        f"1 moved from {ORDER_PLACED_QUEUE.dead_letter_queue} back to {ORDER_PLACED_QUEUE.name}\n"
-    )
-    back = await fresh_channel.get_queue(ORDER_PLACED_QUEUE.name)
+    queue = INVENTORY_ORDER_PLACED
+    assert result.stdout == f"1 moved from {queue.dead_letter_queue} back to {queue.name}\n"
+    back = await fresh_channel.get_queue(INVENTORY_ORDER_PLACED.name)
     replayed = await back.get(no_ack=True, fail=False)
     assert replayed is not None
     assert replayed.message_id == message_id
@@ -131,7 +130,7 @@ async def test_dlq_replay_of_one_id_prints_one_moved(
         (("outbox", "status"), "PostgreSQL", "DATABASE_URL"),
         (("outbox", "purge"), "PostgreSQL", "DATABASE_URL"),
         (("dlq", "list"), "RabbitMQ", "RABBITMQ_URL"),
-        (("dlq", "replay", ORDER_PLACED_QUEUE.name), "RabbitMQ", "RABBITMQ_URL"),
+        (("dlq", "replay", INVENTORY_ORDER_PLACED.name), "RabbitMQ", "RABBITMQ_URL"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, tuple) else str(value),
 )

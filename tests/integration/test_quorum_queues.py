@@ -10,7 +10,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from pamqp.common import FieldTable
 
-from acme_orders.core.messaging import QueueSpec, declare_queue
+from acme_orders.core.messaging import declare_queue
+from acme_orders.core.topology import QueueSpec
 from tests.environment import TestEnvironment, rabbitmqctl
 
 

@@ -21,7 +21,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from acme_orders.core.settings import Settings
-from acme_orders.inventory.service import ORDER_PLACED_QUEUE
+from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.ops.api_keys import Scope, create_key
 from acme_orders.order_api.board import Snapshots, snapshot_event
 from tests.conftest import NewProduct, add_product, api_client
@@ -206,7 +206,7 @@ async def test_a_snapshot_holds_the_newest_orders_the_counts_the_backlog_and_the
         orders = [(await api.post("/orders", json=order_body(sku))).json() for _ in range(3)]
     await fresh_channel.default_exchange.publish(
         aio_pika.Message(b"{}", message_id=str(uuid4())),
-        routing_key=ORDER_PLACED_QUEUE.dead_letter_queue,
+        routing_key=INVENTORY_ORDER_PLACED.dead_letter_queue,
     )
     snapshots = Snapshots(fresh_pool, settings)
     try:

@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind
 from acme_orders.core.consumer import Consumer, ConsumerRunner, Route
 from acme_orders.core.events import OrderPlaced
 from acme_orders.core.messaging import declare_dead_letter_exchange, declare_exchange
-from acme_orders.inventory.service import ORDER_PLACED_QUEUE
+from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.inventory.stock import reserve_stock
 from acme_orders.observability import tracing
 from acme_orders.publisher.relay import relay_outbox_batch
@@ -125,13 +125,13 @@ async def test_an_order_is_one_trace_from_the_api_through_the_publisher_to_the_c
     published = one(spans, "publish order.placed")
     assert published.kind is SpanKind.PRODUCER
     assert parent_of(published) == span_id(server)
-    message = await next_message(fresh_channel, ORDER_PLACED_QUEUE.name)
+    message = await next_message(fresh_channel, INVENTORY_ORDER_PLACED.name)
     traceparent = (message.headers or {})["traceparent"]
     assert isinstance(traceparent, str)
     assert traceparent.split("-")[2] == f"{span_id(published):016x}"
 
     runner = ConsumerRunner(
-        Consumer("inventory", ORDER_PLACED_QUEUE, [Route(OrderPlaced, reserve_stock)]),
+        Consumer("inventory", INVENTORY_ORDER_PLACED, [Route(OrderPlaced, reserve_stock)]),
         fresh_pool,
         await declare_dead_letter_exchange(fresh_channel),
         asyncio.Event(),
@@ -139,7 +139,7 @@ async def test_an_order_is_one_trace_from_the_api_through_the_publisher_to_the_c
     )
     await runner.process([message])
 
-    handled = one(spans, f"process {ORDER_PLACED_QUEUE.name}")
+    handled = one(spans, f"process {INVENTORY_ORDER_PLACED.name}")
     assert handled.kind is SpanKind.CONSUMER
     assert parent_of(handled) == span_id(published)
     assert handled.attributes is not None
@@ -159,7 +159,7 @@ async def test_without_tracing_nothing_is_stored_or_sent_for_it(
     assert response.status_code == 201, response.text
     exchange = await declare_exchange(fresh_channel)
     assert await relay_outbox_batch(fresh_pool, exchange, limit=100) == 1
-    message = await next_message(fresh_channel, ORDER_PLACED_QUEUE.name)
+    message = await next_message(fresh_channel, INVENTORY_ORDER_PLACED.name)
     await message.ack()
 
     assert await trace_context_of(fresh_pool, "OrderPlaced") is None

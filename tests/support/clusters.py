@@ -17,7 +17,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
-from acme_orders.core import database, messaging
+from acme_orders.core import database, messaging, topology
 from acme_orders.core.settings import Settings
 from tests.environment import TestEnvironment
 from tests.support.postgres_pair import PostgresPair
@@ -65,7 +65,7 @@ class ClusterEnvironment:
 
 
 async def create_cluster_environment(
-    postgres: PostgresPair, rabbitmq: RabbitCluster, queues: list[messaging.QueueSpec]
+    postgres: PostgresPair, rabbitmq: RabbitCluster, queues: list[topology.QueueSpec]
 ) -> ClusterEnvironment:
     """A new database and vhost, `acme_test_<pid>_<hex>`: migrated (through the multi-host DSN)
     and with `queues` declared."""

@@ -15,7 +15,7 @@ from uuid import uuid4
 import pytest
 import yaml
 
-from acme_orders import catalogue
+from acme_orders.core import topology
 from acme_orders.core.events import (
     EVENT_TYPES,
     EXCHANGE,
@@ -71,14 +71,14 @@ def test_each_routing_key_is_a_channel_with_its_publisher_consumers_and_payload(
 
     assert channel["address"] == event_type.routing_key
     assert channel["bindings"]["amqp"]["exchange"]["name"] == EXCHANGE
-    assert channel["x-published-by"] == catalogue.PUBLISHED_BY[event_type]
-    assert channel["x-consumed-by"] == catalogue.consumers_of(event_type.routing_key)
+    assert channel["x-published-by"] == topology.PUBLISHED_BY[event_type]
+    assert channel["x-consumed-by"] == topology.consumers_of(event_type.routing_key)
     sends = [
         op
         for op in document["operations"].values()
         if op["action"] == "send" and op["channel"] == {"$ref": f"#/channels/{name}"}
     ]
-    assert [op["tags"] for op in sends] == [[{"name": catalogue.PUBLISHED_BY[event_type]}]]
+    assert [op["tags"] for op in sends] == [[{"name": topology.PUBLISHED_BY[event_type]}]]
     schema = document["components"]["schemas"][name]
     assert set(schema["properties"]) == set(event_type.model_fields)
 
@@ -96,16 +96,16 @@ def test_each_consumer_queue_is_a_channel_its_service_receives_from(
         for channel_id, channel in document["channels"].items()
     }
 
-    for service, specs in catalogue.SUBSCRIPTIONS.items():
+    for service, specs in topology.SUBSCRIPTIONS.items():
         for spec in specs:
             channel_id, channel = by_address[spec.name]
             assert channel["bindings"]["amqp"]["is"] == "queue"
             assert channel["x-bound-to"] == list(spec.routing_keys)
             assert set(channel["messages"]) == {
-                cls.__name__ for cls in catalogue.events_of_queue(spec)
+                cls.__name__ for cls in topology.events_of_queue(spec)
             }
             assert receiving[f"#/channels/{channel_id}"] == service
-    assert len(receiving) == len(catalogue.QUEUES)
+    assert len(receiving) == len(topology.QUEUES)
 
 
 def _refs(node: Any) -> list[str]:

@@ -19,20 +19,14 @@ from typing import Any
 
 import pytest
 
+from acme_orders.core import topology
 from acme_orders.core.events import EVENT_TYPES, EXCHANGE
-from acme_orders.core.messaging import DEAD_LETTER_EXCHANGE, QueueSpec
-from acme_orders.inventory import service as inventory
-from acme_orders.notification import service as notification
-from acme_orders.payment import service as payment
-from acme_orders.publisher import service as publisher
+from acme_orders.core.messaging import DEAD_LETTER_EXCHANGE
+from acme_orders.core.topology import QueueSpec
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 DEFAULT_EXCHANGE = "amq.default"
-CONSUMERS: dict[str, tuple[QueueSpec, ...]] = {
-    inventory.SERVICE: inventory.QUEUES,
-    payment.SERVICE: payment.QUEUES,
-    notification.SERVICE: notification.QUEUES,
-}
+CONSUMERS: dict[str, tuple[QueueSpec, ...]] = dict(topology.SUBSCRIPTIONS)
 ALL_QUEUES = [spec for specs in CONSUMERS.values() for spec in specs]
 EVENT_KEYS = {cls.routing_key for cls in EVENT_TYPES}
 
@@ -63,7 +57,7 @@ NEEDS: dict[str, Needs] = {
     # migrate declares the whole topology, as every consumer does for its own part.
     "acme-migrate": consumer_needs(ALL_QUEUES),
     # Declares acme.events and publishes every event to it; reads nothing.
-    f"acme-{publisher.SERVICE}": Needs(
+    f"acme-{topology.PUBLISHER}": Needs(
         configure={EXCHANGE}, write={EXCHANGE}, topic_write=EVENT_KEYS
     ),
     **{f"acme-{name}": consumer_needs(specs) for name, specs in CONSUMERS.items()},

@@ -25,8 +25,8 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
-from acme_orders import catalogue
 from acme_orders.cli import SERVICES, build_parser
+from acme_orders.core import topology
 from acme_orders.core.runtime import CLOSE_TIMEOUT
 from acme_orders.core.settings import Settings
 from acme_orders.observability.metrics_server import ServiceHealth, metrics_port, worker_app
@@ -605,8 +605,8 @@ def test_each_consumer_scales_on_the_depth_of_the_queues_it_consumes() -> None:
     auth = of_kind(documents, "TriggerAuthentication")
     [cluster_name] = of_kind(documents, "RabbitmqCluster")
 
-    assert set(scaled) == set(catalogue.CONSUMER_SERVICES)
-    for service, specs in catalogue.SUBSCRIPTIONS.items():
+    assert set(scaled) == set(topology.CONSUMER_SERVICES)
+    for service, specs in topology.SUBSCRIPTIONS.items():
         scaled_object = scaled[service]
         triggers = scaled_object["spec"]["triggers"]
         assert scaled_object["spec"]["scaleTargetRef"] == {"name": service}

@@ -22,8 +22,9 @@ import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 
 from acme_orders.core.events import OrderLine, OrderPlaced
-from acme_orders.core.messaging import QueueSpec, declare_exchange, declare_queue
+from acme_orders.core.messaging import declare_exchange, declare_queue
 from acme_orders.core.settings import get_settings
+from acme_orders.core.topology import QueueSpec
 
 QUEUE = QueueSpec("bench.ceiling", ("bench.ceiling",))
 # Publishes awaiting their confirm at any moment: as the outbox publisher does with a batch.

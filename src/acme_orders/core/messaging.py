@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +27,7 @@ from yarl import URL
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.outbox import OutboxRow
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QueueSpec
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +40,6 @@ DELIVERY_LIMIT = 10
 RECONNECT_INTERVAL = 1.0
 # Seconds one node may take to accept a connection before the next one is tried.
 CONNECT_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSpec:
-    """A durable consumer queue bound to `acme.events`, with its dead-letter queue `<name>.dlq`."""
-
-    name: str
-    routing_keys: tuple[str, ...]
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"{self.name}.dlq"
 
 
 class MultiNodeConnection(aio_pika.RobustConnection):

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+from acme_orders.core import topology
 from acme_orders.core.consumer import Consumer, Route, serve_consumers
 from acme_orders.core.events import OrderOutOfStock, PaymentCompleted, PaymentFailed
-from acme_orders.core.messaging import QueueSpec
 from acme_orders.core.settings import Settings
 from acme_orders.notification.email import send_notifications
 
-SERVICE = "notification"
-# "payment.*": every payment outcome, present and future, reaches this queue.
-ORDER_OUTCOME_QUEUE = QueueSpec(
-    "notification.order.outcome", ("payment.*", OrderOutOfStock.routing_key)
-)
-QUEUES = (ORDER_OUTCOME_QUEUE,)
+SERVICE = topology.NOTIFICATION
 
 
 def consumers(linger: float = 0.0) -> list[Consumer]:
     return [
         Consumer(
             SERVICE,
-            ORDER_OUTCOME_QUEUE,
+            topology.NOTIFICATION_ORDER_OUTCOME,
             [
                 Route(PaymentCompleted, send_notifications),
                 Route(PaymentFailed, send_notifications),

@@ -1,5 +1,5 @@
 """The event catalogue as an AsyncAPI 3.0 document, built from the code: the event models (their
-JSON schemas, as pydantic writes them), their routing keys, who publishes each (`catalogue`) and
+JSON schemas, as pydantic writes them), their routing keys, who publishes each (`core.topology`) and
 who consumes it (the services' queues and binding keys).
 
 `scripts/generate_asyncapi.py` writes it to `asyncapi.yaml` at the repository root, and a test
@@ -12,9 +12,11 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from acme_orders import __version__, catalogue
+from acme_orders import __version__
+from acme_orders.core import topology
 from acme_orders.core.events import EVENT_TYPES, EXCHANGE, Event
-from acme_orders.core.messaging import DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, QueueSpec
+from acme_orders.core.messaging import DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT
+from acme_orders.core.topology import QueueSpec
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
@@ -70,9 +72,9 @@ def asyncapi_document() -> dict[str, Any]:
 
     for cls in EVENT_TYPES:
         name = _event_name(cls)
-        publisher = catalogue.PUBLISHED_BY[cls]
-        subscriptions = catalogue.subscriptions_of(cls.routing_key)
-        consumers = catalogue.consumers_of(cls.routing_key)
+        publisher = topology.PUBLISHED_BY[cls]
+        subscriptions = topology.subscriptions_of(cls.routing_key)
+        consumers = topology.consumers_of(cls.routing_key)
         messages[name] = {
             "name": name,
             "title": name,
@@ -124,10 +126,10 @@ def asyncapi_document() -> dict[str, Any]:
             "tags": [{"name": publisher}],
         }
 
-    for service, specs in catalogue.SUBSCRIPTIONS.items():
+    for service, specs in topology.SUBSCRIPTIONS.items():
         for spec in specs:
             channel_id = _queue_channel_id(spec)
-            received = [_event_name(cls) for cls in catalogue.events_of_queue(spec)]
+            received = [_event_name(cls) for cls in topology.events_of_queue(spec)]
             channels[channel_id] = {
                 "address": spec.name,
                 "title": spec.name,
@@ -168,7 +170,7 @@ def asyncapi_document() -> dict[str, Any]:
                 "tags": [{"name": service}],
             }
 
-    services = [*dict.fromkeys([*catalogue.PUBLISHED_BY.values(), *catalogue.SUBSCRIPTIONS])]
+    services = [*dict.fromkeys([*topology.PUBLISHED_BY.values(), *topology.SUBSCRIPTIONS])]
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {

@@ -30,8 +30,9 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from acme_orders.core.messaging import QueueSpec, connect_once
+from acme_orders.core.messaging import connect_once
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QueueSpec
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from acme_orders import catalogue
+from acme_orders.core import topology
 from acme_orders.core.orders import OrderStatus
 
 
@@ -89,7 +89,7 @@ async def order_timeline(
 ) -> Timeline | None:
     """The order's timeline, or None if there is no such order; with `only_of`, only if the API
     key of that id placed it."""
-    rows = await pool.fetch(_TIMELINE, order_id, only_of, list(catalogue.CONSUMER_SERVICES))
+    rows = await pool.fetch(_TIMELINE, order_id, only_of, list(topology.CONSUMER_SERVICES))
     if not rows:
         return None
     first = rows[0]
@@ -105,7 +105,7 @@ def _event(row: asyncpg.Record) -> TimelineEvent:
     seen: dict[str, datetime] = dict(
         zip(row["services"] or (), row["processed_at"] or (), strict=True)
     )
-    expected = catalogue.subscriptions_of(row["routing_key"])
+    expected = topology.subscriptions_of(row["routing_key"])
     handled = [
         Handling(sub.service, sub.queue.name, seen.pop(sub.service, None)) for sub in expected
     ]
@@ -115,7 +115,7 @@ def _event(row: asyncpg.Record) -> TimelineEvent:
         event_id=row["event_id"],
         event_type=row["event_type"],
         routing_key=row["routing_key"],
-        emitted_by=catalogue.publisher_of(row["event_type"]),
+        emitted_by=topology.publisher_of(row["event_type"]),
         occurred_at=_parse_time(row["occurred_at"]) or row["recorded_at"],
         recorded_at=row["recorded_at"],
         published_at=row["published_at"],

@@ -36,7 +36,7 @@ from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from acme_orders import catalogue
+from acme_orders.core import topology
 from acme_orders.core.database import Connection
 from acme_orders.core.messaging import connect_once
 from acme_orders.core.orders import OrderStatus
@@ -303,7 +303,7 @@ class QueueGauge:
         anything."""
         figures: list[dict[str, Any]] = [
             {"queue": spec.name, "service": service, "ready": None, "dead_letters": None}
-            for service, specs in catalogue.SUBSCRIPTIONS.items()
+            for service, specs in topology.SUBSCRIPTIONS.items()
             for spec in specs
         ]
         if self._connection is None and time.monotonic() < self._retry_at:
@@ -311,7 +311,7 @@ class QueueGauge:
         try:
             # A broker that does not answer must not hold up the database's figures.
             async with asyncio.timeout(BROKER_BUDGET):
-                for figure, spec in zip(figures, catalogue.QUEUES, strict=True):
+                for figure, spec in zip(figures, topology.QUEUES, strict=True):
                     figure["ready"] = await self._ready(spec.name)
                     figure["dead_letters"] = await self._ready(spec.dead_letter_queue)
         except (AMQPError, OSError, TimeoutError, RuntimeError) as exc:

@@ -6,12 +6,13 @@ import logging
 
 import uvicorn
 
+from acme_orders.core import topology
 from acme_orders.core.runtime import configure_logging
 from acme_orders.core.settings import Settings, get_settings
 from acme_orders.observability.tracing import configure_tracing
 from acme_orders.order_api.security import open_to_the_network
 
-SERVICE = "api"
+SERVICE = topology.API
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
+from acme_orders.core import topology
 from acme_orders.core.messaging import declare_exchange
 from acme_orders.core.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
 from acme_orders.core.settings import Settings
@@ -30,7 +31,7 @@ from acme_orders.publisher.relay import listen_for_outbox, relay_outbox_batch
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "publisher"
+SERVICE = topology.PUBLISHER
 # Seconds between attempts to relay after a failed batch: from FIRST_PAUSE, doubling up to
 # MAX_PAUSE. A low cap: an attempt costs one claim and one publish, and a long wait would outlast
 # the outage it waits for (a broker node failing over takes seconds).

@@ -1,12 +1,12 @@
-"""Who publishes each event and who consumes it: the one place that says so, read by the order
-timeline, the live board and the AsyncAPI document (`asyncapi.yaml`).
+"""The system's topology as data: its services, the queues each consumer reads (their names and
+binding keys on `acme.events`), and which service publishes each event. The one place that says
+so: the services declare and consume these queues, and the CLI, the order timeline, the live
+board, the AsyncAPI document, the benchmark and the tests read them here, without importing any
+service.
 
-The publisher of each event type is written here once. The consumers are not written anywhere:
-they follow from each service's queues and their binding keys, matched the way RabbitMQ matches a
-topic exchange, so a service that binds a new queue shows up everywhere by itself.
-
-Like `cli`, this module knows every service (it reads their queue declarations); the core
-modules never import it.
+The consumers of an event are not written anywhere: they follow from the queues' binding keys,
+matched the way RabbitMQ matches a topic exchange, so a service that binds a new queue shows up
+everywhere by itself.
 """
 
 from __future__ import annotations
@@ -23,27 +23,54 @@ from acme_orders.core.events import (
     PaymentCompleted,
     PaymentFailed,
 )
-from acme_orders.core.messaging import QueueSpec
-from acme_orders.inventory import service as inventory
-from acme_orders.notification import service as notification
-from acme_orders.order_api import service as order_api
-from acme_orders.payment import service as payment
+
+API = "api"
+PUBLISHER = "publisher"
+INVENTORY = "inventory"
+PAYMENT = "payment"
+NOTIFICATION = "notification"
+# Every service, in the order they are started and listed.
+SERVICES = (API, PUBLISHER, INVENTORY, PAYMENT, NOTIFICATION)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A durable consumer queue bound to `acme.events`, with its dead-letter queue `<name>.dlq`."""
+
+    name: str
+    routing_keys: tuple[str, ...]
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.name}.dlq"
+
+
+# Inventory has two queues, so that releasing stock never waits behind a backlog of new orders.
+INVENTORY_ORDER_PLACED = QueueSpec("inventory.order.placed", (OrderPlaced.routing_key,))
+INVENTORY_PAYMENT_FAILED = QueueSpec("inventory.payment.failed", (PaymentFailed.routing_key,))
+PAYMENT_INVENTORY_RESERVED = QueueSpec(
+    "payment.inventory.reserved", (InventoryReserved.routing_key,)
+)
+# "payment.*": every payment outcome, present and future, reaches this queue.
+NOTIFICATION_ORDER_OUTCOME = QueueSpec(
+    "notification.order.outcome", ("payment.*", OrderOutOfStock.routing_key)
+)
 
 # The service whose transaction writes each event to the outbox.
 PUBLISHED_BY: dict[type[Event], str] = {
-    OrderPlaced: order_api.SERVICE,
-    InventoryReserved: inventory.SERVICE,
-    OrderOutOfStock: inventory.SERVICE,
-    InventoryReleased: inventory.SERVICE,
-    PaymentCompleted: payment.SERVICE,
-    PaymentFailed: payment.SERVICE,
+    OrderPlaced: API,
+    InventoryReserved: INVENTORY,
+    OrderOutOfStock: INVENTORY,
+    InventoryReleased: INVENTORY,
+    PaymentCompleted: PAYMENT,
+    PaymentFailed: PAYMENT,
 }
 
-# Each consuming service and the queues it reads, in the order the services are listed by `cli`.
+# Each consuming service and the queues it reads, in the order of SERVICES.
 SUBSCRIPTIONS: dict[str, tuple[QueueSpec, ...]] = {
-    inventory.SERVICE: inventory.QUEUES,
-    payment.SERVICE: payment.QUEUES,
-    notification.SERVICE: notification.QUEUES,
+    INVENTORY: (INVENTORY_ORDER_PLACED, INVENTORY_PAYMENT_FAILED),
+    PAYMENT: (PAYMENT_INVENTORY_RESERVED,),
+    NOTIFICATION: (NOTIFICATION_ORDER_OUTCOME,),
 }
 CONSUMER_SERVICES: tuple[str, ...] = tuple(SUBSCRIPTIONS)
 QUEUES: tuple[QueueSpec, ...] = tuple(spec for specs in SUBSCRIPTIONS.values() for spec in specs)

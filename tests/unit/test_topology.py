@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from acme_orders import catalogue
 from acme_orders.cli import CONSUMER_QUEUES, WORKERS
+from acme_orders.core import topology
 from acme_orders.core.events import (
     EVENT_TYPES,
     Event,
@@ -49,7 +49,7 @@ from tests.unit.test_readme import section, table_rows
 def test_topic_matches_as_a_topic_exchange_routes(
     binding: str, routing_key: str, routed: bool
 ) -> None:
-    assert catalogue.topic_matches(binding, routing_key) is routed
+    assert topology.topic_matches(binding, routing_key) is routed
 
 
 @pytest.mark.parametrize(
@@ -67,20 +67,20 @@ def test_topic_matches_as_a_topic_exchange_routes(
 def test_each_event_has_its_publisher_and_the_consumers_its_queues_are_bound_for(
     event_type: type[Event], publisher: str, consumers: list[str]
 ) -> None:
-    assert catalogue.PUBLISHED_BY[event_type] == publisher
-    assert catalogue.publisher_of(event_type.__name__) == publisher
-    assert catalogue.consumers_of(event_type.routing_key) == consumers
+    assert topology.PUBLISHED_BY[event_type] == publisher
+    assert topology.publisher_of(event_type.__name__) == publisher
+    assert topology.consumers_of(event_type.routing_key) == consumers
 
 
 def test_every_event_type_has_a_publisher_and_nothing_else_does() -> None:
-    assert set(catalogue.PUBLISHED_BY) == set(EVENT_TYPES)
-    assert catalogue.publisher_of("SomethingElseHappened") is None
+    assert set(topology.PUBLISHED_BY) == set(EVENT_TYPES)
+    assert topology.publisher_of("SomethingElseHappened") is None
 
 
 def test_the_catalogue_knows_the_queues_of_every_consumer_the_cli_runs() -> None:
     consumers = [service for service in WORKERS if service != "publisher"]
 
-    assert list(catalogue.CONSUMER_SERVICES) == consumers
+    assert list(topology.CONSUMER_SERVICES) == consumers
     assert [spec.name for spec in CONSUMER_QUEUES] == [
         "inventory.order.placed",
         "inventory.payment.failed",
@@ -90,11 +90,11 @@ def test_the_catalogue_knows_the_queues_of_every_consumer_the_cli_runs() -> None
 
 
 def test_a_subscription_names_the_queue_the_event_arrives_on() -> None:
-    [subscription] = catalogue.subscriptions_of(PaymentCompleted.routing_key)
+    [subscription] = topology.subscriptions_of(PaymentCompleted.routing_key)
 
     assert subscription.service == "notification"
     assert subscription.queue.name == "notification.order.outcome"
-    assert catalogue.events_of_queue(subscription.queue) == [
+    assert topology.events_of_queue(subscription.queue) == [
         OrderOutOfStock,
         PaymentCompleted,
         PaymentFailed,
@@ -108,6 +108,6 @@ def test_the_readme_catalogue_names_the_same_publisher_and_consumers(
     rows = {row[1].strip("`"): row for row in table_rows(section("Event catalogue"))}
     row = rows[event_type.__name__]
 
-    assert row[2] == catalogue.PUBLISHED_BY[event_type]
-    consumers = catalogue.consumers_of(event_type.routing_key)
+    assert row[2] == topology.PUBLISHED_BY[event_type]
+    consumers = topology.consumers_of(event_type.routing_key)
     assert row[3] == (", ".join(consumers) if consumers else "(none yet)")
