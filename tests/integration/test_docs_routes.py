@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from acme_orders.core.settings import Settings
-from acme_orders.order_api.docs_routes import SWAGGER_UI
+from acme_orders.order_api.routes.docs import SWAGGER_UI
 from tests.conftest import api_client
 
 # What each file the page loads must be served as.

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.ops.api_keys import Scope, create_key
-from acme_orders.order_api.board import Snapshots, snapshot_event
+from acme_orders.order_api.routes.board import Snapshots, snapshot_event
 from tests.conftest import NewProduct, add_product, api_client
 from tests.environment import TestEnvironment
 from tests.processes import acme_orders, free_port

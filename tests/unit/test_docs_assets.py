@@ -14,7 +14,7 @@ import hashlib
 
 import pytest
 
-from acme_orders.order_api.docs_routes import SWAGGER_UI
+from acme_orders.order_api.routes.docs import SWAGGER_UI
 
 SWAGGER_UI_DIST = "swagger-ui-5.31.0"
 SWAGGER_UI_DIST_SHA256 = {

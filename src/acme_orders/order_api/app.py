@@ -9,20 +9,23 @@ from contextlib import asynccontextmanager
 import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders import __version__
 from acme_orders.core.database import close_pool, create_pool, is_transient
 from acme_orders.core.settings import Settings, get_settings
 from acme_orders.ops.api_keys import ApiKeyCache
-from acme_orders.order_api.board import board
-from acme_orders.order_api.docs_routes import docs
-from acme_orders.order_api.http_metrics import HttpMetrics, metrics
+from acme_orders.order_api.body_limit import BodySizeLimit
+from acme_orders.order_api.http_metrics import HttpMetrics
 from acme_orders.order_api.rate_limit import TokenBucketLimiter
 from acme_orders.order_api.request_context import RequestContext
-from acme_orders.order_api.routes import health, orders, products
+from acme_orders.order_api.routes.board import board
+from acme_orders.order_api.routes.docs import docs
+from acme_orders.order_api.routes.health import health
+from acme_orders.order_api.routes.metrics import metrics
+from acme_orders.order_api.routes.orders import orders
+from acme_orders.order_api.routes.products import products
+from acme_orders.order_api.routes.timeline import timeline
 from acme_orders.order_api.store import PriceBook
-from acme_orders.order_api.timeline_routes import timeline
 
 logger = logging.getLogger(__name__)
 
@@ -35,60 +38,6 @@ DATABASE_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
-
-
-class BodySizeLimit:
-    """Answer 413 to a request body over `max_bytes`, whether or not it declares its length.
-    Bodies here are small, so the middleware reads the body whole before the app sees it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.reject(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                # The client went away: let the app see that as usual.
-                await self.app(scope, _replay([message], receive), send)
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self.reject(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([body], receive), send)
-
-    async def reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {"detail": f"request body larger than {self.max_bytes} bytes"},
-            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-        )
-        await response(scope, receive, send)
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = list(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,21 +1,14 @@
-"""The API's metrics: the latency of every request, and `GET /metrics` for Prometheus.
-
-/metrics needs an admin key (anyone, with AUTH_DISABLED): the figures say how busy the shop is.
-"""
+"""The latency of every request of the API, for its metrics (routes/metrics.py serves them)."""
 
 from __future__ import annotations
 
 import time
 from typing import Final
 
-from fastapi import APIRouter, Request, Response
-from prometheus_client import REGISTRY, Histogram
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders.observability.metrics import HTTP_REQUEST_SECONDS
-from acme_orders.order_api.routes import problems
-from acme_orders.order_api.security import Admin
 
 UNMATCHED_ROUTE: Final = "unmatched"
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -61,31 +54,3 @@ class HttpMetrics:
             label = method if method in _METHODS else "other"
             child = self.children[key] = HTTP_REQUEST_SECONDS.labels(label, route, str(status))
         child.observe(seconds)
-
-
-metrics = APIRouter(prefix="/metrics", tags=["metrics"])
-
-
-@metrics.get(
-    "",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "Every metric of this API process, in Prometheus' text format (or "
-            "OpenMetrics, when the Accept header asks for it).",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        },
-        **problems(
-            401,
-            403,
-            503,
-            saying={403: "The API key's scope is not admin."},
-        ),
-    },
-)
-async def export_metrics(request: Request, _caller: Admin) -> Response:
-    """The API process's metrics for Prometheus: request latency by route and status, the
-    OrderPlaced events it wrote, and the process' own (CPU, memory, open files). Needs an admin
-    key. Each worker serves its own on its metrics port."""
-    encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encode(REGISTRY), media_type=content_type)

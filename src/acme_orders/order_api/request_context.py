@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders.core.events import CORRELATION_ID_PATTERN
@@ -83,12 +82,3 @@ class RequestContext:
                     span.update_name(f"{method} {route}")
                     span.set_attribute("http.route", route)
                 span.set_attribute("url.path", scope["path"])
-
-
-async def get_request_id(request: Request) -> str:
-    """The id RequestContext gave the request (a new one if it did not run)."""
-    request_id = request.scope.get(SCOPE_KEY)
-    return request_id if isinstance(request_id, str) else uuid.uuid4().hex
-
-
-RequestId = Annotated[str, Depends(get_request_id)]

@@ -122,8 +122,3 @@ async def limit_order_rate(
 
 
 # Places orders: orders:write only (an admin key reads, it does not shop), rate limited.
-OrderPlacer = Annotated[Caller, Depends(limit_order_rate)]
-# Reads orders (an orders:write key only its own) and the catalogue.
-Reader = Annotated[Caller, Depends(require_scope(Scope.ORDERS_WRITE, Scope.ADMIN))]
-# The board and the API's metrics: what only an operator may see.
-Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]

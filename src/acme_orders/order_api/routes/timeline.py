@@ -7,9 +7,9 @@ from uuid import UUID
 from fastapi import APIRouter, HTTPException, status
 
 from acme_orders.ops.timeline import Timeline, order_timeline
-from acme_orders.order_api.routes import Pool, problems
+from acme_orders.order_api.deps import Pool, Reader
+from acme_orders.order_api.responses import problems
 from acme_orders.order_api.schemas import EventHandling, OrderEventOut, OrderTimeline
-from acme_orders.order_api.security import Reader
 
 timeline = APIRouter(prefix="/orders", tags=["orders"])
 

@@ -1,54 +1,32 @@
-"""The HTTP routes: orders, products, health."""
+"""The order routes: POST /orders, GET /orders/{id} and GET /orders."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
-import asyncpg
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 
 from acme_orders.observability.logs import log_context
 from acme_orders.observability.metrics import EVENTS_EMITTED
 from acme_orders.ops.privacy import mask_emails_in
 from acme_orders.order_api import store
-from acme_orders.order_api.request_context import RequestId
+from acme_orders.order_api.deps import OrderPlacer, Pool, Prices, Reader, RequestId
+from acme_orders.order_api.responses import problems
 from acme_orders.order_api.schemas import (
-    Health,
     OrderOut,
     OrderPage,
     OrderQuery,
     PlaceOrder,
-    Problem,
-    ProductOut,
 )
-from acme_orders.order_api.security import OrderPlacer, Reader
 
 logger = logging.getLogger(__name__)
 
 
-# async: FastAPI runs a plain `def` dependency in a thread pool, a thread hop on every request.
-async def get_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
-
-
-Pool = Annotated[asyncpg.Pool, Depends(get_pool)]
-
-
-async def get_price_book(request: Request) -> store.PriceBook:
-    price_book: store.PriceBook = request.app.state.price_book
-    return price_book
-
-
-Prices = Annotated[store.PriceBook, Depends(get_price_book)]
-
 orders = APIRouter(prefix="/orders", tags=["orders"])
 # Each new order writes one OrderPlaced to the outbox, in its transaction.
 ORDER_PLACED_EMITTED = EVENTS_EMITTED.labels("api", "OrderPlaced")
-products = APIRouter(prefix="/products", tags=["products"])
-health = APIRouter(prefix="/health", tags=["health"])
 
 
 IdempotencyKey = Annotated[
@@ -63,40 +41,6 @@ IdempotencyKey = Annotated[
         ),
     ),
 ]
-
-
-# Every error the API can answer, for the OpenAPI document: a client (and Schemathesis) can rely on
-# each status code being declared, with the body it comes with.
-_PROBLEMS: dict[int, dict[str, Any]] = {
-    400: {"description": "The body could not be read at all (it is not UTF-8, say)."},
-    401: {
-        "description": "No API key, or one that is unknown or revoked.",
-        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-    },
-    403: {"description": "The API key's scope does not allow this."},
-    404: {"description": "No order has this id (or none that this API key may read)."},
-    413: {"description": "The body is larger than MAX_REQUEST_BYTES."},
-    422: {"description": "The request is not valid; `detail` says why."},
-    429: {
-        "description": "Too many orders from this API key; try again after Retry-After seconds.",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-    },
-    503: {
-        "description": "The database is unavailable; nothing was stored.",
-        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-    },
-}
-
-
-def problems(*codes: int, saying: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` of a route that can answer these error codes; `saying` replaces the
-    generic description of some of them with the route's own."""
-    return {
-        code: _PROBLEMS[code]
-        | {"model": Problem}
-        | ({"description": saying[code]} if saying and code in saying else {})
-        for code in codes
-    }
 
 
 @orders.post(
@@ -212,22 +156,3 @@ async def list_orders(
         offset=query.offset,
         next_offset=query.offset + query.limit if len(page) == query.limit else None,
     )
-
-
-@products.get("", responses=problems(401, 403, 503))
-async def list_products(pool: Pool, _caller: Reader) -> list[ProductOut]:
-    """The catalogue with current stock; any key may read it."""
-    return await store.list_products(pool)
-
-
-# Open to all: it is the healthcheck of docker compose and of load balancers, and says nothing
-# about orders.
-@health.get("", responses={503: {"model": Health, "description": "The database does not answer."}})
-async def check_health(pool: Pool, response: Response) -> Health:
-    """200 when the database answers, 503 when it does not."""
-    try:
-        await pool.fetchval("SELECT 1", timeout=2)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Health(status="unavailable", database="down")
-    return Health(status="ok", database="up")

@@ -42,8 +42,7 @@ from acme_orders.core.messaging import connect_once
 from acme_orders.core.orders import OrderStatus
 from acme_orders.core.settings import Settings
 from acme_orders.ops.privacy import mask_emails_in
-from acme_orders.order_api.routes import Pool
-from acme_orders.order_api.security import Admin
+from acme_orders.order_api.deps import Admin, Pool
 
 logger = logging.getLogger(__name__)
 
