@@ -38,7 +38,7 @@ grep -q 'libatomic\.so\.1 ' <(PATH=$PATH:/usr/sbin:/sbin ldconfig -p) \
 
 # Debian and Ubuntu ship the interpreter's ensurepip, which venv needs, in a package of its own.
 # A .venv that such a venv left without pip (it has no stamp: nothing was installed) is made again.
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml bench/pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] && [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import pip' 2>/dev/null; then
     rm -rf .venv
 fi
@@ -52,9 +52,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv || { rm -rf .venv; exit 1; }
 fi
 if [ ! -f "$stamp" ]; then
-    echo "==> installing acme-orders and its dependencies into .venv"
+    echo "==> installing acme-orders, its benchmark (./bench) and their dependencies into .venv"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e ./bench
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -15,8 +15,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from fastapi import FastAPI
 
-from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QUEUES
 from acme_orders.order_api.app import create_app
 from tests.environment import (
     TestEnvironment,
@@ -56,7 +56,7 @@ def fresh_output() -> None:
 async def session_env() -> AsyncIterator[TestEnvironment]:
     """This run's database and vhost, migrated, with the consumers' queues declared."""
     await sweep_abandoned_environments()
-    env = await create_environment(CONSUMER_QUEUES)
+    env = await create_environment(QUEUES)
     yield env
     await drop_environment(env.name)
 
@@ -64,7 +64,7 @@ async def session_env() -> AsyncIterator[TestEnvironment]:
 @pytest.fixture
 async def fresh_env() -> AsyncIterator[TestEnvironment]:
     """A database and vhost of the test's own, for tests that must see nobody else's events."""
-    env = await create_environment(CONSUMER_QUEUES)
+    env = await create_environment(QUEUES)
     yield env
     await drop_environment(env.name)
 

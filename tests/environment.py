@@ -13,6 +13,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -103,7 +104,7 @@ class TestEnvironment:
         return env
 
 
-async def create_environment(queues: list[topology.QueueSpec]) -> TestEnvironment:
+async def create_environment(queues: Sequence[topology.QueueSpec]) -> TestEnvironment:
     env = TestEnvironment(f"acme_test_{os.getpid()}_{secrets.token_hex(4)}")
     admin = await asyncpg.connect(ADMIN_DATABASE_URL)
     try:

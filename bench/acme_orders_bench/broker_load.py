@@ -2,7 +2,7 @@
 with publisher confirms, many in flight) or `consume` (manual acks), each on the same kind of
 queue as the system's (a quorum queue bound to acme.events).
 
-Run by ceilings.py: `python -m acme_orders.benchmark.broker_load publish|consume URL SECONDS
+Run by ceilings.py: `python -m acme_orders_bench.broker_load publish|consume URL SECONDS
 PREFETCH`. It connects, prints "ready", waits for a line on stdin so that both sides start
 together, works for SECONDS, and prints one JSON line with what it did."""
 

@@ -19,7 +19,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from acme_orders.benchmark import broker_load
 from acme_orders.core.events import (
     Event,
     InventoryReserved,
@@ -28,6 +27,7 @@ from acme_orders.core.events import (
     PaymentCompleted,
 )
 from acme_orders.core.settings import Settings
+from acme_orders_bench import broker_load
 
 logger = logging.getLogger(__name__)
 

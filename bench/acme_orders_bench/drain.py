@@ -22,12 +22,12 @@ from typing import Any
 import aio_pika
 import asyncpg
 
-from acme_orders.benchmark import measure, system
 from acme_orders.core.events import OrderLine, OrderPlaced
 from acme_orders.core.messaging import declare_topology
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
 from acme_orders.publisher.service import SERVICE
+from acme_orders_bench import measure, system
 
 # Bound to a routing key no service publishes or consumes: what lands there is the backlog only.
 QUEUE = QueueSpec("bench.drain", ("bench.drain",))

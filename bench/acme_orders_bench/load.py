@@ -38,7 +38,7 @@ def wrk_path() -> str:
 def script_file() -> AbstractContextManager[Path]:
     """load.lua as a real file (wrk needs a path), from the installed package or the source tree
     of an editable install alike."""
-    return resources.as_file(resources.files("acme_orders.benchmark").joinpath("load.lua"))
+    return resources.as_file(resources.files("acme_orders_bench").joinpath("load.lua"))
 
 
 def default_connections(rate: float | None) -> int:

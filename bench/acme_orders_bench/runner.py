@@ -22,8 +22,8 @@ import aiormq
 import asyncpg
 import psutil
 
-from acme_orders.benchmark import ceilings, drain, load, measure, report, system
 from acme_orders.core.settings import Settings, get_settings
+from acme_orders_bench import ceilings, drain, load, measure, report, system
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
             environ = system.service_environment(
                 settings, system.free_port(), options.payment_success_rate
             )
-            from acme_orders.cli import SERVICES  # cli imports this package
+            from acme_orders.services import SERVICES
 
             services = await system.start_services(
                 system.instance_names(SERVICES, options.instances), environ, log_dir

@@ -101,7 +101,7 @@ async def create_scratch(
 ) -> Scratch:
     """Create, migrate and stock a fresh database, and a fresh vhost with the topology."""
     # Imported here: cli imports this package.
-    from acme_orders.cli import CONSUMER_QUEUES
+    from acme_orders.core.topology import QUEUES
 
     name = new_name()
     settings = base.model_copy(
@@ -127,7 +127,7 @@ async def create_scratch(
             ".*",
         )
         if declare_queues:
-            await messaging.declare_topology(settings, CONSUMER_QUEUES)
+            await messaging.declare_topology(settings, QUEUES)
         conn = await asyncpg.connect(settings.database_url, timeout=10)
         try:
             await conn.execute("UPDATE products SET stock_qty = $1", BENCH_STOCK)

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.core.topology import QUEUES
 from tests.processes import OUTPUT_DIR
 from tests.support.clusters import (
     ClusterEnvironment,
@@ -110,7 +110,7 @@ async def cluster_env(
 ) -> AsyncIterator[ClusterEnvironment]:
     """A database and vhost of the test's own on the clustered servers, migrated, with the
     consumers' queues declared (quorum queues with a member on each node)."""
-    env = await create_cluster_environment(postgres_pair, rabbitmq_cluster, CONSUMER_QUEUES)
+    env = await create_cluster_environment(postgres_pair, rabbitmq_cluster, QUEUES)
     yield env
     # Hygiene only (the servers go at the end of the run): a test may leave them half down.
     await postgres_pair.heal()

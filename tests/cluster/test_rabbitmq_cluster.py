@@ -9,7 +9,7 @@ import json
 import aio_pika
 import pytest
 
-from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.core.topology import QUEUES
 from tests.support.clusters import ClusterEnvironment, RabbitCluster
 from tests.support.rabbitmq_cluster import RabbitNode
 
@@ -42,7 +42,7 @@ async def test_the_consumer_queues_have_a_member_on_every_node(
     """declare_topology sets no x-quorum-initial-group-size: RabbitMQ 3.10 then gives a quorum
     queue a member on each node of the cluster."""
     queues = {q.name: q for q in await rabbitmq_cluster.queues(cluster_env.name)}
-    expected = {n for spec in CONSUMER_QUEUES for n in (spec.name, spec.dead_letter_queue)}
+    expected = {n for spec in QUEUES for n in (spec.name, spec.dead_letter_queue)}
     assert set(queues) == expected
     every_node = sorted(node.name for node in rabbitmq_cluster.nodes)
     for queue in queues.values():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from acme_orders.cli import SERVICES
+from acme_orders.services import SERVICES
 from tests.e2e.conftest import start_service
 from tests.processes import ServiceProcess, free_port, stop_all
 from tests.support.clusters import ClusterEnvironment

@@ -11,8 +11,9 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.cli import CONSUMER_QUEUES, SERVICES, WORKERS
 from acme_orders.core.orders import FINAL_STATUSES
+from acme_orders.core.topology import QUEUES
+from acme_orders.services import SERVICES, WORKERS
 from tests.environment import TestEnvironment, create_environment, drop_environment
 from tests.processes import ServiceProcess, free_port, stop_all
 from tests.waiting import wait_until
@@ -110,7 +111,7 @@ class System:
 
 @pytest.fixture(scope="session")
 async def system() -> AsyncIterator[System]:
-    env = await create_environment(CONSUMER_QUEUES)
+    env = await create_environment(QUEUES)
     port = free_port()
     metrics_ports = {name: free_port() for name in WORKERS}
     environ = env.environ(

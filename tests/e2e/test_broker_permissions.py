@@ -19,11 +19,10 @@ import httpx
 import pytest
 from aio_pika.exceptions import AMQPError
 
-from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.core import messaging
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.orders import FINAL_STATUSES
-from acme_orders.core.topology import INVENTORY_ORDER_PLACED, PAYMENT_INVENTORY_RESERVED
+from acme_orders.core.topology import INVENTORY_ORDER_PLACED, PAYMENT_INVENTORY_RESERVED, QUEUES
 from tests.broker_users import definitions_for, imported
 from tests.e2e.conftest import start_service
 from tests.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
@@ -108,7 +107,7 @@ async def test_the_pipeline_runs_with_one_least_privileged_user_per_service(
     # migrate's part: the whole topology, declared again as its own user.
     await messaging.declare_topology(
         fresh_env.settings().model_copy(update={"rabbitmq_url": broker_users["acme-migrate"]}),
-        CONSUMER_QUEUES,
+        QUEUES,
     )
     port = free_port()
     base = fresh_env.environ(API_PORT=str(port))
@@ -124,7 +123,7 @@ async def test_the_pipeline_runs_with_one_least_privileged_user_per_service(
             board = await first_board_snapshot(client)
             assert board["broker"] is None, board["broker"]
             depths = {queue["queue"]: queue["ready"] for queue in board["queues"]}
-            assert set(depths) == {spec.name for spec in CONSUMER_QUEUES}
+            assert set(depths) == {spec.name for spec in QUEUES}
             assert all(isinstance(ready, int) for ready in depths.values()), depths
             placed = await client.post(
                 "/orders",

@@ -12,9 +12,8 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.core.events import EVENT_TYPES
-from acme_orders.core.topology import QueueSpec
+from acme_orders.core.topology import QUEUES, QueueSpec
 from tests.conftest import NewProduct, add_product, stock_of
 from tests.e2e.conftest import System
 from tests.waiting import wait_until
@@ -54,7 +53,7 @@ def event_type_for(spec: QueueSpec) -> str:
     raise AssertionError(f"no event type for {spec.name}")
 
 
-@pytest.mark.parametrize("spec", CONSUMER_QUEUES, ids=lambda spec: spec.name)
+@pytest.mark.parametrize("spec", QUEUES, ids=lambda spec: spec.name)
 async def test_every_queue_dead_letters_garbage_and_wrong_shapes_with_the_reason(
     system: System, channel: AbstractChannel, spec: QueueSpec
 ) -> None:

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.core.topology import QUEUES
 from tests.conftest import add_product
 from tests.e2e.conftest import wait_ready
 from tests.environment import TestEnvironment, create_environment, drop_environment
@@ -58,7 +58,7 @@ class Deployment:
 
 @pytest.fixture
 async def deployment() -> AsyncIterator[Deployment]:
-    env = await create_environment(CONSUMER_QUEUES)
+    env = await create_environment(QUEUES)
     database = await TcpProxy("127.0.0.1", 5432).start()
     broker = await TcpProxy("127.0.0.1", 5672).start()
     port = free_port()

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from acme_orders.cli import WORKERS
 from acme_orders.core.orders import OrderStatus
+from acme_orders.services import WORKERS
 from tests.conftest import add_product
 from tests.e2e.conftest import System
 from tests.waiting import wait_until

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Page, Request
 
-from acme_orders.cli import CONSUMER_QUEUES
+from acme_orders.core.topology import QUEUES
 from tests.conftest import NewProduct, add_product
 from tests.e2e.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
 from tests.e2e.conftest import System
@@ -157,7 +157,7 @@ async def watch_orders_on_the_board(page: Page, system: System, base: str) -> No
     queues = await page.eval_on_selector_all(
         "#queues tbody tr", "rows => rows.map(row => row.dataset.queue)"
     )
-    assert queues == [spec.name for spec in CONSUMER_QUEUES]
+    assert queues == [spec.name for spec in QUEUES]
 
 
 async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(

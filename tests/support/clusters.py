@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from acme_orders.core import database, messaging, topology
@@ -65,7 +66,7 @@ class ClusterEnvironment:
 
 
 async def create_cluster_environment(
-    postgres: PostgresPair, rabbitmq: RabbitCluster, queues: list[topology.QueueSpec]
+    postgres: PostgresPair, rabbitmq: RabbitCluster, queues: Sequence[topology.QueueSpec]
 ) -> ClusterEnvironment:
     """A new database and vhost, `acme_test_<pid>_<hex>`: migrated (through the multi-host DSN)
     and with `queues` declared."""

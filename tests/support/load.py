@@ -13,9 +13,9 @@ from uuid import uuid4
 import asyncpg
 import httpx
 
-from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.core.messaging import connect_once
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QUEUES
 from tests.waiting import wait_until
 
 KIND_FOR_STATUS = {
@@ -162,6 +162,6 @@ async def assert_pipeline_consistent(
     connection = await connect_once(Settings(rabbitmq_url=rabbitmq_url), "test")
     async with connection:
         channel = await connection.channel()
-        for spec in CONSUMER_QUEUES:
+        for spec in QUEUES:
             dlq = await channel.declare_queue(spec.dead_letter_queue, passive=True)
             assert dlq.declaration_result.message_count == 0, f"{spec.dead_letter_queue} not empty"

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from acme_orders.benchmark.measure import CpuMeter
+from acme_orders_bench.measure import CpuMeter
 
 BURN_SECONDS = 0.5
 # Burns BURN_SECONDS of CPU, then waits for its stdin to close.

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from acme_orders.benchmark import ceilings, load
-from acme_orders.benchmark.runner import BenchOptions
-from acme_orders.benchmark.system import instance_names
+from acme_orders_bench import ceilings, load
+from acme_orders_bench.runner import BenchOptions
+from acme_orders_bench.system import instance_names
 
 
 def options(**changes: object) -> BenchOptions:

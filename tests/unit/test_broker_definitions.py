@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from acme_orders.cli import write_broker_definitions
 from acme_orders.ops import broker_definitions
+from acme_orders.ops.commands import write_broker_definitions
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 

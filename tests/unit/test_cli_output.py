@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from acme_orders.cli import human_age
+from acme_orders.ops.commands import human_age
 
 
 @pytest.mark.parametrize(

@@ -25,12 +25,13 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
-from acme_orders.cli import SERVICES, build_parser
+from acme_orders.cli import build_parser
 from acme_orders.core import topology
 from acme_orders.core.runtime import CLOSE_TIMEOUT
 from acme_orders.core.settings import Settings
 from acme_orders.observability.metrics_server import ServiceHealth, metrics_port, worker_app
 from acme_orders.order_api.app import create_app
+from acme_orders.services import SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from acme_orders.cli import CONSUMER_QUEUES
 from acme_orders.core.events import EVENT_TYPES, Event
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QUEUES
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -60,4 +60,4 @@ def test_queue_table_matches_the_declared_queues() -> None:
         for row in table_rows(section("Queues"))
     }
 
-    assert listed == {spec.name: set(spec.routing_keys) for spec in CONSUMER_QUEUES}
+    assert listed == {spec.name: set(spec.routing_keys) for spec in QUEUES}

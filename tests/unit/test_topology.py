@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from acme_orders.cli import CONSUMER_QUEUES, WORKERS
 from acme_orders.core import topology
 from acme_orders.core.events import (
     EVENT_TYPES,
@@ -17,6 +16,8 @@ from acme_orders.core.events import (
     PaymentCompleted,
     PaymentFailed,
 )
+from acme_orders.core.topology import QUEUES
+from acme_orders.services import WORKERS
 from tests.unit.test_readme import section, table_rows
 
 
@@ -81,7 +82,7 @@ def test_the_catalogue_knows_the_queues_of_every_consumer_the_cli_runs() -> None
     consumers = [service for service in WORKERS if service != "publisher"]
 
     assert list(topology.CONSUMER_SERVICES) == consumers
-    assert [spec.name for spec in CONSUMER_QUEUES] == [
+    assert [spec.name for spec in QUEUES] == [
         "inventory.order.placed",
         "inventory.payment.failed",
         "payment.inventory.reserved",

@@ -176,7 +176,7 @@ async def declare_queue(
     return queue
 
 
-async def declare_topology(settings: Settings, queues: list[QueueSpec]) -> None:
+async def declare_topology(settings: Settings, queues: Sequence[QueueSpec]) -> None:
     """Declare the exchanges and the given queues, so that events published before a consumer
     first starts wait in its queue instead of being dropped as unroutable."""
     connection = await connect_once(settings, "migrate")
