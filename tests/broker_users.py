@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from acme_orders_bench.scratch import ScratchError
 from tests.environment import RABBITMQCTL, TestEnvironment, rabbitmqctl
 from tests.waiting import wait_until
 
@@ -75,5 +75,5 @@ async def imported(env: TestEnvironment, document: dict[str, Any]) -> AsyncItera
     finally:
         for login in logins:
             # Not there if the import failed.
-            with contextlib.suppress(subprocess.CalledProcessError):
+            with contextlib.suppress(ScratchError):
                 await asyncio.to_thread(rabbitmqctl, "delete_user", login)

@@ -7,30 +7,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.error import URLError
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from urllib.request import urlopen
 
 import asyncpg
 
-from acme_orders.core import database, messaging
-from acme_orders.core.runtime import pid_alive
+from acme_orders.core import database
 from acme_orders.core.settings import Settings
+from acme_orders.core.topology import QUEUES
+from acme_orders_bench import scratch
 
 logger = logging.getLogger(__name__)
 
 NAME_PREFIX = "acme_bench_"
-NAME_PATTERN = re.compile(rf"^{NAME_PREFIX}(\d+)_[0-9a-f]+$")
 # Every product gets this much stock, so that no order of a run ends out of stock: the benchmark
 # measures the happy path. It fits the integer column with room to spare.
 BENCH_STOCK = 1_000_000_000
@@ -43,148 +38,55 @@ class SetupError(RuntimeError):
     """The benchmark cannot bring the system up; the message says why."""
 
 
-def rabbitmqctl(command: Sequence[str], *args: str) -> str:
-    """rabbitmqctl ARGS, run as COMMAND: ("rabbitmqctl",) where the broker runs on this machine,
-    or a prefix that reaches it, such as ("docker", "exec", "CONTAINER", "rabbitmqctl")."""
-    executable = shutil.which(command[0])
-    if executable is None:
-        raise SetupError(
-            f"{command[0]} is not on PATH: the benchmark creates its vhost with rabbitmqctl "
-            "(run it where RabbitMQ runs, as root or the rabbitmq user, or give --rabbitmqctl)"
-        )
-    result = subprocess.run(
-        [executable, *command[1:], "-q", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-    if result.returncode != 0:
-        raise SetupError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
-
-
-def _with_vhost(url: str, vhost: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), parts.query, ""))
-
-
-def rabbitmq_user(settings: Settings) -> str:
-    return unquote(urlsplit(settings.rabbitmq_url).username or "guest")
-
-
 @dataclass(frozen=True, slots=True)
 class Scratch:
     """A database and a vhost of the same name, made for one benchmark run."""
 
     name: str
     settings: Settings  # DATABASE_URL and RABBITMQ_URL point at them
-    rabbitmqctl: tuple[str, ...]  # the command that made the vhost, and removes it
+    servers: scratch.Servers  # where they were made, and are removed from
 
     @property
     def admin_url(self) -> str:
-        return database.admin_url(self.settings)
+        return self.servers.admin_url
 
 
-def new_name() -> str:
-    return f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+def servers(base: Settings, rabbitmqctl: tuple[str, ...]) -> scratch.Servers:
+    """The benchmark makes its database with DATABASE_ADMIN_URL (or postgres on the server of
+    DATABASE_URL), owned by DATABASE_URL's role, and its vhost with rabbitmqctl."""
+    return scratch.Servers(base, database.admin_url(base), scratch.Rabbitmqctl(rabbitmqctl))
 
 
-async def create_scratch(
-    base: Settings, rabbitmqctl_command: tuple[str, ...], *, declare_queues: bool = True
-) -> Scratch:
+async def create_scratch(base: Settings, rabbitmqctl: tuple[str, ...]) -> Scratch:
     """Create, migrate and stock a fresh database, and a fresh vhost with the topology."""
-    # Imported here: cli imports this package.
-    from acme_orders.core.topology import QUEUES
-
-    name = new_name()
-    settings = base.model_copy(
-        update={
-            "database_url": _with_database(base.database_url, name),
-            "rabbitmq_url": _with_vhost(base.rabbitmq_url, name),
-        }
-    )
-    scratch = Scratch(name, settings, rabbitmqctl_command)
+    where = servers(base, rabbitmqctl)
+    name = scratch.new_name(NAME_PREFIX)
     try:
-        # Creates the database with the admin DSN (and the role of DATABASE_URL if missing).
-        await database.migrate(settings)
-        await asyncio.to_thread(rabbitmqctl, rabbitmqctl_command, "add_vhost", name)
-        await asyncio.to_thread(
-            rabbitmqctl,
-            rabbitmqctl_command,
-            "set_permissions",
-            "-p",
-            name,
-            rabbitmq_user(base),
-            ".*",
-            ".*",
-            ".*",
-        )
-        if declare_queues:
-            await messaging.declare_topology(settings, QUEUES)
+        settings = await scratch.create_scratch(where, name, QUEUES)
         conn = await asyncpg.connect(settings.database_url, timeout=10)
         try:
             await conn.execute("UPDATE products SET stock_qty = $1", BENCH_STOCK)
         finally:
             await conn.close()
+    except scratch.ScratchError as exc:
+        raise SetupError(str(exc)) from exc
     except BaseException:
-        await drop_scratch(scratch)
+        await scratch.drop_scratch(where, name)
         raise
     logger.info("created database and vhost %s", name)
-    return scratch
+    return Scratch(name, settings, where)
 
 
-async def drop_scratch(scratch: Scratch) -> None:
+async def drop_scratch(made: Scratch) -> None:
     """Drop the database and the vhost; each is attempted even if the other fails."""
-    try:
-        admin = await asyncpg.connect(scratch.admin_url, timeout=10)
-        try:
-            statement = await admin.fetchval(
-                "SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', $1::text)", scratch.name
-            )
-            await admin.execute(statement)
-        finally:
-            await admin.close()
-    finally:
-        listed = await asyncio.to_thread(rabbitmqctl, scratch.rabbitmqctl, "list_vhosts", "name")
-        if scratch.name in listed.split():
-            await asyncio.to_thread(rabbitmqctl, scratch.rabbitmqctl, "delete_vhost", scratch.name)
-    logger.info("dropped database and vhost %s", scratch.name)
+    await scratch.drop_scratch(made.servers, made.name)
+    logger.info("dropped database and vhost %s", made.name)
 
 
-async def sweep_abandoned(base: Settings, rabbitmqctl_command: tuple[str, ...]) -> list[str]:
+async def sweep_abandoned(base: Settings, rabbitmqctl: tuple[str, ...]) -> list[str]:
     """Drop the databases and vhosts of benchmark runs whose process is gone (killed with -9, the
     machine restarted): they would otherwise stay forever."""
-    admin = await asyncpg.connect(database.admin_url(base), timeout=10)
-    try:
-        databases = [
-            r["datname"]
-            for r in await admin.fetch(
-                "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", NAME_PREFIX
-            )
-        ]
-    finally:
-        await admin.close()
-    vhosts = (
-        await asyncio.to_thread(rabbitmqctl, rabbitmqctl_command, "list_vhosts", "name")
-    ).split()
-    names = sorted(set(databases) | {v for v in vhosts if v.startswith(NAME_PREFIX)})
-    swept = []
-    for name in names:
-        match = NAME_PATTERN.match(name)
-        if match and not pid_alive(int(match.group(1))):
-            settings = base.model_copy(
-                update={"database_url": _with_database(base.database_url, name)}
-            )
-            await drop_scratch(Scratch(name, settings, rabbitmqctl_command))
-            swept.append(name)
-    return swept
+    return await scratch.sweep_abandoned(servers(base, rabbitmqctl), NAME_PREFIX)
 
 
 @dataclass
