@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from acme_orders.core import consumer, orders, outbox
 from acme_orders.core.events import (
     Event,
     InventoryReserved,
@@ -27,6 +28,9 @@ from acme_orders.core.events import (
     PaymentCompleted,
 )
 from acme_orders.core.settings import Settings
+from acme_orders.inventory import stock
+from acme_orders.notification import email as email_module
+from acme_orders.order_api import store
 from acme_orders_bench import broker_load
 
 logger = logging.getLogger(__name__)
@@ -65,11 +69,30 @@ def _sample_events() -> tuple[OrderPlaced, InventoryReserved, PaymentCompleted]:
     )
 
 
+def bound(statement: str, *values: str) -> str:
+    """A statement of the pipeline with its parameters $1, $2, ... replaced by these pgbench
+    expressions, so that pgbench runs the very statement the service does."""
+    replaced = re.sub(r"\$(\d+)", lambda match: f"({values[int(match.group(1)) - 1]})", statement)
+    return replaced.strip() + ";"
+
+
+def _uuid(variable: str) -> str:
+    """A UUID from two of pgbench's random numbers (pgbench has no uuid variables), the same
+    wherever the statement names it: `:<variable>_hi`, `:<variable>_lo`. CAST: pgbench passes its
+    variables as parameters of unknown type (--protocol=prepared)."""
+    return (
+        f"CAST(lpad(to_hex(CAST(:{variable}_hi AS bigint)), 16, '0')"
+        f" || lpad(to_hex(CAST(:{variable}_lo AS bigint)), 16, '0') AS uuid)"
+    )
+
+
 def pgbench_script(skus: list[str]) -> str:
-    """One pgbench transaction = one order through the pipeline's transactions, statement for
-    statement (order_api/store.py, consumer.py, inventory/stock.py, payment/charge.py,
-    notification/email.py, outbox.py), each committed on its own as the services do, then its
-    events marked SENT as the publisher does. No messaging, no Python: only the database's cost.
+    """One pgbench transaction = one order through the pipeline, statement for statement: the
+    services' own statements (order_api.store.PLACE_ORDER, core.consumer.RECORD_PROCESSED,
+    core.orders, inventory.stock, notification.email, core.outbox), with their parameters bound
+    to pgbench expressions, each service's committed on its own as the services do with batches of
+    one event, then the events claimed and marked SENT as the publisher does. No messaging, no
+    Python: only the database's cost.
 
     An order takes 1 to 3 consecutive SKUs of the sorted catalogue (a slice of an array, since
     pgbench variables are numbers), all with the same qty of 1 to 3."""
@@ -78,76 +101,106 @@ def pgbench_script(skus: list[str]) -> str:
     quoted = ", ".join("'" + sku.replace("'", "''") + "'" for sku in catalogue)
     # A space after each ":" of the slice: pgbench would read ":CAST" as a variable.
     lines = f"(ARRAY[{quoted}]::text[])[CAST(:lo AS int) : CAST(:hi AS int)]"
+    line_count = "CAST(:hi AS int) - CAST(:lo AS int) + 1"
+    qtys = f"array_fill(CAST(:qty AS int), ARRAY[{line_count}])"
     placed, reserved, paid = _sample_events()
-    order = "CAST(:o_id AS uuid)"
-    email = "'b' || :cust || '@example.com'"
+    order, email = _uuid("order"), "'b' || :cust || '@example.com'"
+    ids: dict[Event, str] = {
+        placed: _uuid("placed"),
+        reserved: _uuid("reserved"),
+        paid: _uuid("paid"),
+    }
 
-    def outbox(event: Event) -> str:
-        return (
-            "INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload) "
-            f"VALUES (gen_random_uuid(), '{event.event_type}', '{event.routing_key}', {order}, "
-            f"{_payload(event)});"
+    def emit(event: Event) -> str:
+        return bound(
+            outbox.INSERT_EVENTS,
+            f"ARRAY[{ids[event]}]",
+            f"ARRAY['{event.event_type}']",
+            f"ARRAY['{event.routing_key}']",
+            f"ARRAY[{order}]",
+            f"ARRAY[{_payload(event)}]",
+            "ARRAY[NULL::jsonb]",
         )
 
-    def processed(service: str) -> str:
-        return (
-            "INSERT INTO processed_events (service, event_id) "
-            f"VALUES ('{service}', gen_random_uuid()) ON CONFLICT DO NOTHING RETURNING true;"
+    def handling(service: str, event: Event) -> str:
+        """The start of a consumer's transaction: its guard, then the order's row lock."""
+        return "\n".join(
+            (
+                "BEGIN;",
+                bound(consumer.RECORD_PROCESSED, f"'{service}'", f"ARRAY[{ids[event]}]"),
+                bound(orders.LOCK_ORDERS, f"ARRAY[{order}]"),
+            )
         )
 
-    lock_order = f"SELECT status FROM orders WHERE id = {order} FOR NO KEY UPDATE;"
+    randoms = "\n".join(
+        f"\\set {name}_{half} random(1, 9223372036854775806)"
+        for name in ("order", "placed", "reserved", "paid")
+        for half in ("hi", "lo")
+    )
+    place_order = bound(
+        store.PLACE_ORDER,
+        order,
+        "'B' || :cust",
+        email,
+        "117.90",
+        lines,
+        qtys,
+        f"(SELECT array_agg(price ORDER BY sku) FROM products WHERE sku = ANY({lines}))",
+        ids[placed],
+        f"'{placed.event_type}'",
+        f"'{placed.routing_key}'",
+        _payload(placed),
+        "NULL::text",
+        "NULL::text",
+        "NULL::bigint",
+        "NULL::jsonb",
+    )
+    record_reservations = bound(
+        stock.RECORD_RESERVATIONS,
+        lines,
+        qtys,
+        f"array_fill({order}, ARRAY[{line_count}])",
+        lines,
+        qtys,
+        f"ARRAY[{order}]",
+        "ARRAY['reserved']",
+    )
+    set_paid = bound(orders.SET_STATUSES, f"ARRAY[{order}]", "ARRAY['paid']")
+    notify = bound(
+        email_module.RECORD_NOTIFICATIONS,
+        f"ARRAY[{order}]",
+        "ARRAY['order_paid']",
+        f"ARRAY[{email}]",
+        "ARRAY['Your Acme order ' || :order_hi || ' is paid']",
+        "ARRAY['We received your payment of 117.90. We are packing it now.']",
+    )
     return f"""\
 \\set lo random(1, {n})
 \\set hi least(:lo + random(0, 2), {n})
 \\set qty random(1, 3)
 \\set cust random(1, 100000)
--- API: the order, its lines at current prices, OrderPlaced
-BEGIN;
-SELECT sku, price FROM products WHERE sku = ANY({lines});
-INSERT INTO orders (id, customer_id, email, total)
-VALUES (gen_random_uuid(), 'B' || :cust, {email}, 117.90)
-RETURNING id, customer_id, email, status, total, created_at, updated_at \\gset o_
-INSERT INTO order_items (order_id, sku, qty, unit_price)
-SELECT {order}, sku, CAST(:qty AS int), price FROM products WHERE sku = ANY({lines});
-{outbox(placed)}
-END;
+{randoms}
+-- API: the order, its lines at current prices, OrderPlaced, in one statement
+{place_order}
 -- inventory: reserve every line, InventoryReserved
-BEGIN;
-{processed("inventory")}
-{lock_order}
-SELECT sku, stock_qty FROM products WHERE sku = ANY({lines}) ORDER BY sku FOR NO KEY UPDATE;
-UPDATE products SET stock_qty = stock_qty - CAST(:qty AS int) WHERE sku = ANY({lines});
-INSERT INTO stock_reservations (order_id, sku, qty)
-SELECT {order}, sku, CAST(:qty AS int) FROM unnest({lines}) AS sku;
-UPDATE orders SET status = 'reserved' WHERE id = {order};
-{outbox(reserved)}
+{handling("inventory", placed)}
+{bound(stock.LOCK_PRODUCTS, lines)}
+{record_reservations}
+{emit(reserved)}
 END;
 -- payment: paid, PaymentCompleted
-BEGIN;
-{processed("payment")}
-{lock_order}
-UPDATE orders SET status = 'paid' WHERE id = {order};
-{outbox(paid)}
+{handling("payment", reserved)}
+{set_paid}
+{emit(paid)}
 END;
 -- notification: the e-mail
-BEGIN;
-{processed("notification")}
-{lock_order}
-INSERT INTO notifications (order_id, kind, recipient, subject, body)
-VALUES ({order}, 'order_paid', {email}, 'Your Acme order ' || :o_id || ' is paid',
-        'We received your payment of 117.90 for order ' || :o_id || '. We are packing it now.')
-ON CONFLICT (order_id, kind) DO NOTHING RETURNING id;
+{handling("notification", paid)}
+{notify}
 END;
 -- publisher: claim NEW rows (SKIP LOCKED, oldest first) and mark them SENT; with every client
 -- doing this once per order, a claim holds about the 3 rows of one order
 BEGIN;
-WITH claimed AS (
-    SELECT id FROM event_outbox WHERE status = 'NEW' ORDER BY id LIMIT 500
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE event_outbox AS e SET status = 'SENT', published_at = clock_timestamp()
-FROM claimed WHERE e.id = claimed.id
-RETURNING e.id, e.event_id, e.event_type, e.routing_key, e.payload::text;
+{bound(outbox.CLAIM_FOR_PUBLISHING, "500")}
 END;
 """
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from acme_orders.core import consumer, orders, outbox
+from acme_orders.inventory import stock
+from acme_orders.notification import email
+from acme_orders.order_api import store
 from acme_orders_bench import ceilings, load
 from acme_orders_bench.runner import BenchOptions
 from acme_orders_bench.system import instance_names
@@ -71,11 +76,45 @@ def test_connections_grow_with_the_rate() -> None:
 
 def test_pgbench_script_has_no_stray_variables() -> None:
     """pgbench reads any ":word" as a variable: only the script's own may appear."""
-    import re
-
     script = ceilings.pgbench_script(["A-1", "B-2", "C-3"])
     used = set(re.findall(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", script))
-    assert used == {"lo", "hi", "qty", "cust", "o_id"}
+    ids = {
+        f"{name}_{half}"
+        for name in ("order", "placed", "reserved", "paid")
+        for half in ["hi", "lo"]
+    }
+    assert used == {"lo", "hi", "qty", "cust"} | ids
+
+
+def normalised(statement: str) -> str:
+    return " ".join(statement.split())
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        store.PLACE_ORDER,
+        consumer.RECORD_PROCESSED,
+        orders.LOCK_ORDERS,
+        orders.SET_STATUSES,
+        stock.LOCK_PRODUCTS,
+        stock.RECORD_RESERVATIONS,
+        email.RECORD_NOTIFICATIONS,
+        outbox.INSERT_EVENTS,
+        outbox.CLAIM_FOR_PUBLISHING,
+    ],
+    ids=lambda statement: normalised(statement)[:40],
+)
+def test_the_database_ceiling_runs_the_pipelines_own_statements(statement: str) -> None:
+    """Every statement an order goes through, as the service runs it, parameters aside."""
+    script = normalised(ceilings.pgbench_script(["A-1", "B-2", "C-3"]))
+    parts = re.split(r"\$\d+", normalised(statement))
+
+    position = 0
+    for part in parts:
+        found = script.find(part.strip(), position)
+        assert found >= 0, f"{part!r} of the statement is not in the script"
+        position = found + len(part.strip())
 
 
 def test_instances_start_every_service_but_the_api_that_many_times() -> None:

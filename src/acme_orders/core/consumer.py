@@ -49,6 +49,14 @@ E = TypeVar("E", bound=Event)
 # orders move again within a second of its return (a failover takes a few seconds).
 RETRY_PAUSE_MAX = 1.0
 
+# The idempotency guard: each (service, event) once; the ones returned are new to the service.
+RECORD_PROCESSED = """
+INSERT INTO processed_events (service, event_id)
+SELECT $1, unnest($2::uuid[])
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
+
 Handler = Callable[[Sequence[E], Connection], Awaitable[Sequence[Event]]]
 
 
@@ -325,16 +333,7 @@ class ConsumerRunner:
             # Sorted, so two transactions that share events take their keys in the same order.
             first_time: set[UUID] = {
                 row["event_id"]
-                for row in await conn.fetch(
-                    """
-                    INSERT INTO processed_events (service, event_id)
-                    SELECT $1, unnest($2::uuid[])
-                    ON CONFLICT DO NOTHING
-                    RETURNING event_id
-                    """,
-                    self.consumer.service,
-                    event_ids,
-                )
+                for row in await conn.fetch(RECORD_PROCESSED, self.consumer.service, event_ids)
             }
             by_handler: dict[Handler[Any], list[Event]] = {}
             handled: list[Event] = []

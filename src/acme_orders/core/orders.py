@@ -30,16 +30,23 @@ class UnprocessableEventError(Exception):
     retrying is pointless, so it goes to the dead-letter queue with this message as the reason."""
 
 
+LOCK_ORDERS = """
+SELECT id, status FROM orders WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE
+"""
+SET_STATUSES = """
+UPDATE orders AS o SET status = new.status
+FROM unnest($1::uuid[], $2::text[]) AS new (id, status)
+WHERE o.id = new.id
+"""
+
+
 async def lock_orders(tx: Connection, order_ids: Iterable[UUID]) -> dict[UUID, OrderStatus]:
     """Lock the orders' rows for this transaction and return their statuses. Rows are locked in
     id order, the same order in every service, so two transactions that share orders wait for
     each other instead of deadlocking. NO KEY UPDATE: only the status will change, so rows that
     merely reference an order are not held up."""
     ids = sorted(set(order_ids))
-    rows = await tx.fetch(
-        "SELECT id, status FROM orders WHERE id = ANY($1::uuid[]) ORDER BY id FOR NO KEY UPDATE",
-        ids,
-    )
+    rows = await tx.fetch(LOCK_ORDERS, ids)
     statuses = {row["id"]: OrderStatus(row["status"]) for row in rows}
     for order_id in ids:
         if order_id not in statuses:
@@ -53,11 +60,7 @@ async def set_order_statuses(tx: Connection, statuses: Mapping[UUID, OrderStatus
     if not statuses:
         return
     await tx.execute(
-        """
-        UPDATE orders AS o SET status = new.status
-        FROM unnest($1::uuid[], $2::text[]) AS new (id, status)
-        WHERE o.id = new.id
-        """,
+        SET_STATUSES,
         list(statuses),
         [status.value for status in statuses.values()],
     )

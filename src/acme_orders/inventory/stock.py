@@ -135,18 +135,29 @@ WHERE o.id = decided.id
 """
 
 
+RELEASE_RESERVATIONS = """
+UPDATE stock_reservations SET status = 'released', released_at = clock_timestamp()
+WHERE order_id = ANY($1::uuid[]) AND status = 'reserved'
+RETURNING order_id, sku, qty
+"""
+LOCK_PRODUCTS = """
+SELECT sku, stock_qty FROM products
+WHERE sku = ANY($1::text[])
+ORDER BY sku
+FOR NO KEY UPDATE
+"""
+ADD_STOCK = """
+UPDATE products AS p SET stock_qty = p.stock_qty + change.qty
+FROM unnest($1::text[], $2::int[]) AS change (sku, qty)
+WHERE p.sku = change.sku
+"""
+
+
 async def release_stock(events: Sequence[PaymentFailed], tx: Connection) -> Sequence[Event]:
     """Put back what was reserved for orders whose payment failed, once."""
     order_ids = [event.order_id for event in events]
     await lock_orders(tx, order_ids)
-    released = await tx.fetch(
-        """
-        UPDATE stock_reservations SET status = 'released', released_at = clock_timestamp()
-        WHERE order_id = ANY($1::uuid[]) AND status = 'reserved'
-        RETURNING order_id, sku, qty
-        """,
-        order_ids,
-    )
+    released = await tx.fetch(RELEASE_RESERVATIONS, order_ids)
     by_order: dict[UUID, list[StockLine]] = {}
     back: Counter[str] = Counter()
     for row in released:
@@ -183,26 +194,14 @@ async def _lock_products(tx: Connection, skus: Iterable[str]) -> dict[str, int]:
     deadlocking. NO KEY UPDATE, because only the stock changes: it does not conflict with the KEY
     SHARE locks that foreign keys to products (the API inserting order_items) take, which would
     otherwise deadlock with us."""
-    rows = await tx.fetch(
-        """
-        SELECT sku, stock_qty FROM products
-        WHERE sku = ANY($1::text[])
-        ORDER BY sku
-        FOR NO KEY UPDATE
-        """,
-        sorted(set(skus)),
-    )
+    rows = await tx.fetch(LOCK_PRODUCTS, sorted(set(skus)))
     return {row["sku"]: row["stock_qty"] for row in rows}
 
 
 async def _add_stock(tx: Connection, change_by_sku: Mapping[str, int]) -> None:
     """Change the stock of products whose rows this transaction has locked."""
     await tx.execute(
-        """
-        UPDATE products AS p SET stock_qty = p.stock_qty + change.qty
-        FROM unnest($1::text[], $2::int[]) AS change (sku, qty)
-        WHERE p.sku = change.sku
-        """,
+        ADD_STOCK,
         list(change_by_sku),
         list(change_by_sku.values()),
     )

@@ -60,6 +60,15 @@ def compose_email(event: OrderOutcome) -> Email:
             )
 
 
+# Each order is told each outcome once: (order_id, kind) is unique.
+RECORD_NOTIFICATIONS = """
+INSERT INTO notifications (order_id, kind, recipient, subject, body)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+ON CONFLICT (order_id, kind) DO NOTHING
+RETURNING order_id, kind
+"""
+
+
 async def send_notifications(events: Sequence[OrderOutcome], tx: Connection) -> Sequence[Event]:
     """Record each e-mail and "send" it: a log line, with the recipient masked. An order is told
     each outcome once, however often its event arrives."""
@@ -68,12 +77,7 @@ async def send_notifications(events: Sequence[OrderOutcome], tx: Connection) -> 
     stored = {
         (row["order_id"], row["kind"])
         for row in await tx.fetch(
-            """
-            INSERT INTO notifications (order_id, kind, recipient, subject, body)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
-            ON CONFLICT (order_id, kind) DO NOTHING
-            RETURNING order_id, kind
-            """,
+            RECORD_NOTIFICATIONS,
             [event.order_id for event, _ in emails],
             [email.kind for _, email in emails],
             [email.recipient for _, email in emails],

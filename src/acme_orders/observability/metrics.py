@@ -22,6 +22,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from acme_orders.core.events import EVENT_TYPE_BY_NAME, Event
 from acme_orders.core.orders import OrderStatus
+from acme_orders.core.outbox import backlog
 
 # What became of a message a consumer took off its queue.
 Outcome = Literal["handled", "duplicate", "retried", "dead_lettered", "ignored"]
@@ -296,15 +297,10 @@ async def sample_outbox(pool: asyncpg.Pool) -> OutboxBacklog:
     """Count the NEW outbox rows and measure the age of the oldest, by the database's clock. Both
     read only the partial index on NEW rows (and the oldest row), however many SENT rows there
     are."""
-    row = await pool.fetchrow(
-        """
-        SELECT (SELECT count(*) FROM event_outbox WHERE status = 'NEW') AS new_rows,
-               (SELECT extract(epoch FROM clock_timestamp() - created_at)::float8
-                FROM event_outbox WHERE status = 'NEW' ORDER BY id LIMIT 1) AS oldest_new_age
-        """
-    )
-    assert row is not None
-    return OutboxBacklog(row["new_rows"], max(0.0, row["oldest_new_age"] or 0.0))
+    async with pool.acquire() as conn:
+        waiting = await backlog(conn)
+    age = waiting.oldest_age.total_seconds() if waiting.oldest_age is not None else 0.0
+    return OutboxBacklog(waiting.new_rows, max(0.0, age))
 
 
 async def count_recent_orders(

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from acme_orders.core.outbox import backlog
 from acme_orders.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -145,19 +146,7 @@ async def outbox_status(pool: asyncpg.Pool) -> OutboxStatus:
     means the publisher is down or cannot reach RabbitMQ."""
     async with pool.acquire() as conn:
         records = await conn.fetch("SELECT status, count(*) AS n FROM event_outbox GROUP BY status")
-        # The partial index on NEW rows makes this cheap however many SENT rows there are. The age
-        # is measured by the server's clock, the one that wrote created_at.
-        oldest = await conn.fetchrow(
-            """
-            SELECT id, clock_timestamp() - created_at AS age
-            FROM event_outbox
-            WHERE status = 'NEW'
-            ORDER BY id
-            LIMIT 1
-            """
-        )
+        waiting = await backlog(conn)
     counts = {"NEW": 0, "SENT": 0}
     counts.update({r["status"]: r["n"] for r in records})
-    if oldest is None:
-        return OutboxStatus(counts)
-    return OutboxStatus(counts, oldest_new_age=oldest["age"], oldest_new_id=oldest["id"])
+    return OutboxStatus(counts, oldest_new_age=waiting.oldest_age, oldest_new_id=waiting.oldest_id)

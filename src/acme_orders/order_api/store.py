@@ -15,6 +15,7 @@ import asyncpg
 
 from acme_orders.core.events import OrderLine, OrderPlaced
 from acme_orders.core.orders import OrderStatus
+from acme_orders.core.outbox import EVENT_COLUMNS
 from acme_orders.observability import tracing
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
 
@@ -163,8 +164,9 @@ async def _insert_order_retrying(
 # all. Nothing is stored unless every line's price ($7) is the product's price now. With a key
 # ($12), nothing else is stored unless this statement claimed it: a concurrent request with the
 # same key waits here until the first commits, then finds the key taken. The one row returned says
-# whether the prices were current, and holds the order if it was stored. The outbox columns are
-# those of outbox.add_to_outbox; the event's trace context ($15) is NULL when not tracing.
+# whether the prices were current, and holds the order if it was stored. The outbox row has the
+# columns of every outbox insert (outbox.EVENT_COLUMNS); its trace context ($15) is NULL when not
+# tracing.
 PLACE_ORDER = f"""
 WITH current_prices AS (
     SELECT count(*) = cardinality($5::text[]) AS ok
@@ -186,7 +188,7 @@ WITH current_prices AS (
     INSERT INTO order_items (order_id, sku, qty, unit_price)
     SELECT $1, line.* FROM go, unnest($5::text[], $6::int[], $7::numeric[]) AS line WHERE go.ok
 ), new_event AS (
-    INSERT INTO event_outbox (event_id, event_type, routing_key, order_id, payload, trace_context)
+    INSERT INTO event_outbox ({EVENT_COLUMNS})
     SELECT $8, $9, $10, $1, $11::jsonb, $15::jsonb FROM go WHERE go.ok
 )
 SELECT current_prices.ok AS prices_current, new_order.*

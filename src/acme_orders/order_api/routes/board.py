@@ -40,6 +40,7 @@ from acme_orders.core import topology
 from acme_orders.core.database import Connection
 from acme_orders.core.messaging import connect_once
 from acme_orders.core.orders import OrderStatus
+from acme_orders.core.outbox import backlog
 from acme_orders.core.settings import Settings
 from acme_orders.ops.privacy import mask_emails_in
 from acme_orders.order_api.deps import Admin, Pool
@@ -215,16 +216,8 @@ class Snapshots:
 
     async def _database(self) -> dict[str, Any]:
         async with self._pool.acquire() as conn:
-            now = await conn.fetchrow(
-                """
-                SELECT now() AS at,
-                       (SELECT count(*) FROM event_outbox WHERE status = 'NEW') AS backlog,
-                       now() - (SELECT created_at FROM event_outbox WHERE status = 'NEW'
-                                ORDER BY id LIMIT 1) AS oldest_new
-                """,
-                timeout=QUERY_TIMEOUT,
-            )
-            assert now is not None
+            async with asyncio.timeout(QUERY_TIMEOUT):
+                waiting = await backlog(conn)
             orders = await conn.fetch(
                 """
                 SELECT id, customer_id, status, total, created_at, updated_at
@@ -236,11 +229,11 @@ class Snapshots:
             if time.monotonic() - self._counted_at >= COUNTS_INTERVAL:
                 self._counts = await self._count_statuses(conn)
                 self._counted_at = time.monotonic()
-        oldest = now["oldest_new"]
+        oldest = waiting.oldest_age
         return {
-            "at": now["at"],
+            "at": waiting.at,
             "outbox": {
-                "backlog": now["backlog"],
+                "backlog": waiting.new_rows,
                 "oldest_seconds": oldest.total_seconds() if oldest is not None else None,
             },
             "orders": [
