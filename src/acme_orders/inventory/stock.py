@@ -24,6 +24,7 @@ from acme_orders.core.events import (
     caused_by,
 )
 from acme_orders.core.orders import OrderStatus, lock_orders
+from acme_orders.inventory.reservation import WantedOrder, decide_reservations
 from acme_orders.observability.logs import event_log_context
 
 logger = logging.getLogger(__name__)
@@ -49,21 +50,20 @@ async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequen
         return []
 
     stock = await _lock_products(tx, {line.sku for event in pending for line in event.items})
+    wanted = [WantedOrder(event.order_id, _quantities_by_sku(event)) for event in pending]
+    decisions, left = decide_reservations(stock, wanted)
 
     decided: dict[UUID, OrderStatus] = {}
-    taken: Counter[str] = Counter()
     reservations: list[tuple[UUID, str, int]] = []
     emitted: list[Event] = []
-    for event in pending:
+    for event, order, decision in zip(pending, wanted, decisions, strict=True):
         with event_log_context(event):
-            wanted = _quantities_by_sku(event)
-            shortages = [
-                StockShortage(sku=sku, requested=qty, available=stock.get(sku, 0))
-                for sku, qty in wanted.items()
-                if stock.get(sku, 0) < qty
-            ]
-            if shortages:
+            if not decision.reserved:
                 decided[event.order_id] = OrderStatus.OUT_OF_STOCK
+                shortages = tuple(
+                    StockShortage(sku=s.sku, requested=s.requested, available=s.available)
+                    for s in decision.shortages
+                )
                 emitted.append(
                     caused_by(
                         event,
@@ -71,7 +71,7 @@ async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequen
                             order_id=event.order_id,
                             customer_id=event.customer_id,
                             email=event.email,
-                            shortages=tuple(shortages),
+                            shortages=shortages,
                         ),
                     )
                 )
@@ -81,10 +81,7 @@ async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequen
                     ", ".join(f"{s.sku} wants {s.requested}, has {s.available}" for s in shortages),
                 )
                 continue
-            for sku, qty in wanted.items():
-                stock[sku] -= qty
-                taken[sku] += qty
-                reservations.append((event.order_id, sku, qty))
+            reservations.extend((event.order_id, sku, qty) for sku, qty in order.wanted.items())
             decided[event.order_id] = OrderStatus.RESERVED
             emitted.append(
                 caused_by(
@@ -101,9 +98,10 @@ async def reserve_stock(events: Sequence[OrderPlaced], tx: Connection) -> Sequen
             logger.info(
                 "RESERVED order %s: %s",
                 event.order_id,
-                ", ".join(f"{sku} x{qty}" for sku, qty in wanted.items()),
+                ", ".join(f"{sku} x{qty}" for sku, qty in order.wanted.items()),
             )
 
+    taken = {sku: stock[sku] - left[sku] for sku in stock if stock[sku] != left[sku]}
     await tx.execute(
         RECORD_RESERVATIONS,
         list(taken),
