@@ -277,8 +277,10 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-lo
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 machine_env=(HOME=/root USER=root LOGNAME=root SHELL=/bin/bash
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-    # Inside, the compose test (no Docker there) and this check itself do not run.
-    TEST_COMPOSE=0 TEST_BARE_MACHINE=0)
+    # Inside, the compose test (no Docker there) and this check itself do not run, nor the
+    # cluster suite: it starts three RabbitMQ nodes and a PostgreSQL pair of its own, which the
+    # same CI run has just done on this machine, and would double the check's time.
+    TEST_COMPOSE=0 TEST_BARE_MACHINE=0 TEST_CLUSTER=0)
 if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
     # This network reaches PyPI only through its own CA: the machine gets the bundle this machine
     # uses. It stands for a normal machine's working TLS (pip-audit goes through requests).

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 
 def _missing() -> str | None:
+    if os.environ.get("TEST_CLUSTER") == "0":
+        return "TEST_CLUSTER=0: the cluster tests are turned off"
     if os.geteuid() != 0:
         return "the cluster fixtures run PostgreSQL as the postgres OS user: they need root"
     for program in (SERVER, PG_BIN / "initdb", PG_BIN / "pg_basebackup"):

@@ -142,4 +142,4 @@ def test_rabbitmq_url_that_names_no_amqp_node_is_refused(url: str) -> None:
     ],
 )
 def test_the_admin_dsn_is_postgres_on_the_same_hosts(database_url: str, admin: str) -> None:
-    assert admin_url(Settings(database_url=database_url)) == admin
+    assert admin_url(Settings(database_url=database_url, database_admin_url=None)) == admin
