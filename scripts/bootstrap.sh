@@ -30,7 +30,7 @@ bring_up_servers "${1:?bootstrap.sh is sourced with run or test}"
 command -v wrk >/dev/null || need_package wrk "acme-orders bench needs wrk"
 command -v pgbench >/dev/null || need_package postgresql-client "acme-orders bench needs pgbench"
 command -v chromium >/dev/null \
-    || need_package chromium "the browser tests (tests/e2e/browser.py) need it"
+    || need_package chromium "the browser tests (tests/support/browser.py) need it"
 # Playwright drives Chromium through a node binary in its wheel, which needs libatomic: a minimal
 # Debian lacks it.
 grep -q 'libatomic\.so\.1 ' <(PATH=$PATH:/usr/sbin:/sbin ldconfig -p) \

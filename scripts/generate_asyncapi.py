@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = ROOT / "asyncapi.yaml"
 HEADER = (
     "# The events of acme-orders, generated from the code by scripts/generate_asyncapi.py: do not\n"
-    "# edit by hand. tests/unit/test_asyncapi.py fails when this file and the code disagree.\n"
+    "# edit by hand. tests/repo/test_asyncapi.py fails when this file and the code disagree.\n"
 )
 
 

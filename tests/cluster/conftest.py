@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from acme_orders.core.topology import QUEUES
-from tests.processes import OUTPUT_DIR
 from tests.support.clusters import (
     ClusterEnvironment,
     PostgresPair,
@@ -30,6 +29,7 @@ from tests.support.clusters import (
     drop_cluster_environment,
 )
 from tests.support.postgres_pair import PG_BIN
+from tests.support.processes import OUTPUT_DIR
 from tests.support.rabbitmq_cluster import SERVER
 from tests.support.run_folder import processes_of
 

@@ -23,12 +23,12 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import add_product
-from tests.e2e.conftest import wait_ready
-from tests.processes import OUTPUT_DIR, ServiceProcess, free_port, stop_all
 from tests.support.clusters import ClusterEnvironment, PostgresPair, RabbitCluster
 from tests.support.load import Load, assert_pipeline_consistent
-from tests.waiting import wait_until
+from tests.support.processes import OUTPUT_DIR, ServiceProcess, free_port, stop_all
+from tests.support.products import add_product
+from tests.support.system import wait_ready
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.faults]
 

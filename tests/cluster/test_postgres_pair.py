@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from tests.support.clusters import ClusterEnvironment, PostgresPair
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -7,10 +7,10 @@ import httpx
 import pytest
 
 from acme_orders.services import SERVICES
-from tests.e2e.conftest import start_service
-from tests.processes import ServiceProcess, free_port, stop_all
 from tests.support.clusters import ClusterEnvironment
-from tests.waiting import wait_until
+from tests.support.processes import ServiceProcess, free_port, stop_all
+from tests.support.system import start_service
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

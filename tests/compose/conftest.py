@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose import engine, standins
-from tests.compose.stack import (
+from tests.support import docker_engine as engine
+from tests.support import standins
+from tests.support.compose_stack import (
     APP_IMAGE,
     ComposeStack,
     docker,

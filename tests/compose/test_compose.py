@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from acme_orders.core.orders import FINAL_STATUSES
-from tests.compose.stack import ComposeStack, leftovers
+from tests.support.compose_stack import ComposeStack, leftovers
 
 pytestmark = pytest.mark.compose
 

@@ -22,9 +22,9 @@ from schemathesis.generation.case import Case
 from schemathesis.schemas import BaseSchema
 
 from acme_orders.ops.api_keys import Scope, create_key
-from tests.e2e.conftest import start_service
-from tests.environment import TestEnvironment
-from tests.processes import free_port
+from tests.support.environment import TestEnvironment
+from tests.support.processes import free_port
+from tests.support.system import start_service
 
 pytestmark = pytest.mark.e2e
 

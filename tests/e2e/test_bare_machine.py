@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import OUTPUT_DIR
+from tests.support.processes import OUTPUT_DIR
 
 pytestmark = pytest.mark.bare_machine
 

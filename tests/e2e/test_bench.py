@@ -13,8 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.environment import ADMIN_DATABASE_URL, RABBITMQCTL, rabbitmqctl
-from tests.processes import ACME_ORDERS, acme_orders
+from tests.support.environment import ADMIN_DATABASE_URL, RABBITMQCTL, rabbitmqctl
+from tests.support.processes import ACME_ORDERS, acme_orders
 
 pytestmark = pytest.mark.e2e
 

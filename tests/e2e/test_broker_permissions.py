@@ -23,11 +23,11 @@ from acme_orders.core import messaging
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.orders import FINAL_STATUSES
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED, PAYMENT_INVENTORY_RESERVED, QUEUES
-from tests.broker_users import definitions_for, imported
-from tests.e2e.conftest import start_service
-from tests.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
-from tests.processes import ServiceProcess, acme_orders, free_port, stop_all
-from tests.waiting import wait_until
+from tests.support.broker_users import definitions_for, imported
+from tests.support.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
+from tests.support.processes import ServiceProcess, acme_orders, free_port, stop_all
+from tests.support.system import start_service
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from uuid import UUID
 import orjson
 import pytest
 
-from tests.conftest import add_product
-from tests.e2e.conftest import System
+from tests.support.products import add_product
+from tests.support.system import System
 
 pytestmark = pytest.mark.e2e
 

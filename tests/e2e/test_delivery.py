@@ -14,9 +14,9 @@ from aio_pika.abc import AbstractChannel
 
 from acme_orders.core.events import EVENT_TYPES
 from acme_orders.core.topology import QUEUES, QueueSpec
-from tests.conftest import NewProduct, add_product, stock_of
-from tests.e2e.conftest import System
-from tests.waiting import wait_until
+from tests.support.products import NewProduct, add_product, stock_of
+from tests.support.system import System
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -16,10 +16,10 @@ import pytest
 from playwright.async_api import Page, Route
 
 from acme_orders.ops.api_keys import Scope, create_key
-from tests.e2e.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
-from tests.e2e.conftest import start_service
-from tests.environment import TestEnvironment
-from tests.processes import OUTPUT_DIR, free_port
+from tests.support.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
+from tests.support.environment import TestEnvironment
+from tests.support.processes import OUTPUT_DIR, free_port
+from tests.support.system import start_service
 
 pytestmark = pytest.mark.e2e
 

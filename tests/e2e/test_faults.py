@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from acme_orders.core.topology import QUEUES
-from tests.conftest import add_product
-from tests.e2e.conftest import wait_ready
-from tests.environment import TestEnvironment, create_environment, drop_environment
-from tests.faults import TcpProxy
-from tests.processes import ServiceProcess, free_port, stop_all
+from tests.support.environment import TestEnvironment, create_environment, drop_environment
+from tests.support.faults import TcpProxy
 from tests.support.load import Load, assert_pipeline_consistent
-from tests.waiting import wait_until
+from tests.support.processes import ServiceProcess, free_port, stop_all
+from tests.support.products import add_product
+from tests.support.system import wait_ready
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

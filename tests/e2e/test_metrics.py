@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from acme_orders.core.orders import OrderStatus
 from acme_orders.services import WORKERS
-from tests.conftest import add_product
-from tests.e2e.conftest import System
-from tests.waiting import wait_until
+from tests.support.products import add_product
+from tests.support.system import System
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

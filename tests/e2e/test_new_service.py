@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import add_product
-from tests.e2e.conftest import System
-from tests.processes import ServiceProcess
+from tests.support.processes import ServiceProcess
+from tests.support.products import add_product
+from tests.support.system import System
 
 pytestmark = pytest.mark.e2e
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from acme_orders.core.events import EXCHANGE
-from tests.conftest import NewProduct, add_product, stock_of
-from tests.e2e.conftest import System, wait_for_api, wait_ready
-from tests.environment import TestEnvironment
-from tests.processes import ServiceProcess, free_port, stop_all
-from tests.waiting import wait_until
+from tests.support.environment import TestEnvironment
+from tests.support.processes import ServiceProcess, free_port, stop_all
+from tests.support.products import NewProduct, add_product, stock_of
+from tests.support.system import System, wait_for_api, wait_ready
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

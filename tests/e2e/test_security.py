@@ -17,10 +17,10 @@ from aio_pika.abc import AbstractChannel
 
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.ops.privacy import mask_email
-from tests.conftest import add_product
-from tests.e2e.conftest import System, start_service
-from tests.processes import OUTPUT_DIR, acme_orders, free_port
-from tests.waiting import wait_until
+from tests.support.processes import OUTPUT_DIR, acme_orders, free_port
+from tests.support.products import add_product
+from tests.support.system import System, start_service
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

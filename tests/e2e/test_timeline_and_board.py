@@ -18,11 +18,11 @@ import pytest
 from playwright.async_api import Page, Request
 
 from acme_orders.core.topology import QUEUES
-from tests.conftest import NewProduct, add_product
-from tests.e2e.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
-from tests.e2e.conftest import System
-from tests.processes import OUTPUT_DIR, acme_orders
-from tests.waiting import wait_until
+from tests.support.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
+from tests.support.processes import OUTPUT_DIR, acme_orders
+from tests.support.products import NewProduct, add_product
+from tests.support.system import System
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

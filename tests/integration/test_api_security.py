@@ -14,8 +14,9 @@ import pytest
 
 from acme_orders.core.settings import Settings
 from acme_orders.ops.api_keys import Scope, create_key, revoke_key
-from tests.conftest import NewProduct, api_client
-from tests.waiting import wait_until
+from tests.support.api import api_client
+from tests.support.products import NewProduct
+from tests.support.waiting import wait_until
 
 
 @asynccontextmanager

@@ -38,8 +38,8 @@ from acme_orders.core.topology import QueueSpec
 from acme_orders.inventory.stock import release_stock, reserve_stock
 from acme_orders.notification.email import send_notifications
 from acme_orders.payment.charge import charge_orders
-from tests.conftest import NewProduct, stock_of
-from tests.waiting import wait_until
+from tests.support.products import NewProduct, stock_of
+from tests.support.waiting import wait_until
 
 PRICE = Decimal("10.00")
 

@@ -12,8 +12,8 @@ import pytest
 from aio_pika.exceptions import ProbableAuthenticationError
 
 from acme_orders.ops.broker_definitions import with_passwords
-from tests.broker_users import definitions_for, imported
-from tests.environment import RABBITMQ_BASE_URL, TestEnvironment
+from tests.support.broker_users import definitions_for, imported
+from tests.support.environment import RABBITMQ_BASE_URL, TestEnvironment
 
 
 def url(env: TestEnvironment, login: str, password: str) -> str:

@@ -14,10 +14,10 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from acme_orders.core.messaging import connect, connect_once
-from tests.environment import RABBITMQ_BASE_URL, TestEnvironment
-from tests.faults import TcpProxy
-from tests.processes import free_port
-from tests.waiting import wait_until
+from tests.support.environment import RABBITMQ_BASE_URL, TestEnvironment
+from tests.support.faults import TcpProxy
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 BROKER = urlsplit(RABBITMQ_BASE_URL)
 

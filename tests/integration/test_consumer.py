@@ -21,8 +21,8 @@ from acme_orders.core.messaging import DELIVERY_LIMIT, declare_queue
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
 from acme_orders.inventory.stock import reserve_stock
-from tests.environment import TestEnvironment
-from tests.waiting import wait_until
+from tests.support.environment import TestEnvironment
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

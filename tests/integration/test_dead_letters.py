@@ -19,8 +19,8 @@ from acme_orders.ops.dead_letters import (
     list_dead_letters,
     replay_dead_letters,
 )
-from tests.environment import TestEnvironment
-from tests.waiting import wait_until
+from tests.support.environment import TestEnvironment
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

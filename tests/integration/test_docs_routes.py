@@ -13,7 +13,7 @@ import pytest
 
 from acme_orders.core.settings import Settings
 from acme_orders.order_api.routes.docs import SWAGGER_UI
-from tests.conftest import api_client
+from tests.support.api import api_client
 
 # What each file the page loads must be served as.
 CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}

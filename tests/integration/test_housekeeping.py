@@ -19,8 +19,8 @@ from acme_orders.ops.housekeeping import (
     purge_sent_events,
 )
 from acme_orders.publisher import service as publisher
-from tests.environment import TestEnvironment
-from tests.waiting import wait_until
+from tests.support.environment import TestEnvironment
+from tests.support.waiting import wait_until
 
 DAY = timedelta(days=1)
 

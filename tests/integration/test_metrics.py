@@ -20,7 +20,7 @@ from acme_orders.observability.metrics import (
     sample_outbox,
 )
 from acme_orders.observability.metrics_server import serve_metrics
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 
 async def add_order(pool: asyncpg.Pool, status: str, age: timedelta = timedelta(0)) -> None:

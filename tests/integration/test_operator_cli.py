@@ -14,8 +14,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
-from tests.environment import TestEnvironment
-from tests.processes import acme_orders, free_port
+from tests.support.environment import TestEnvironment
+from tests.support.processes import acme_orders, free_port
 
 
 async def park(channel: AbstractChannel, reason: str) -> tuple[str, str]:

@@ -14,7 +14,8 @@ import pytest
 
 from acme_orders.core.settings import Settings
 from acme_orders.order_api.app import create_app
-from tests.conftest import NewProduct, api_client, app_client, stock_of
+from tests.support.api import api_client, app_client
+from tests.support.products import NewProduct, stock_of
 
 # These tests are about orders, not about keys (test_api_security.py is): they call the API as the
 # quick start does, with no key and no rate limit.

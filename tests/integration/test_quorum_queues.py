@@ -12,7 +12,7 @@ from pamqp.common import FieldTable
 
 from acme_orders.core.messaging import declare_queue
 from acme_orders.core.topology import QueueSpec
-from tests.environment import TestEnvironment, rabbitmqctl
+from tests.support.environment import TestEnvironment, rabbitmqctl
 
 
 async def queue_arguments(env: TestEnvironment, name: str) -> str:

@@ -22,8 +22,8 @@ from acme_orders.publisher.service import (
     open_exchange,
     relay_until_stopped,
 )
-from tests.environment import TestEnvironment
-from tests.waiting import wait_until
+from tests.support.environment import TestEnvironment
+from tests.support.waiting import wait_until
 
 
 async def insert_events(pool: asyncpg.Pool, routing_key: str, n: int) -> list[UUID]:

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from acme_orders.core.settings import Settings
-from tests.conftest import NewProduct, api_client
+from tests.support.api import api_client
+from tests.support.products import NewProduct
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 

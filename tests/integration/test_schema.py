@@ -19,8 +19,8 @@ from acme_orders.core.database import (
     wait_for_schema,
 )
 from acme_orders.core.settings import Settings
-from tests.conftest import stock_of
-from tests.environment import TestEnvironment
+from tests.support.environment import TestEnvironment
+from tests.support.products import stock_of
 
 
 async def test_migrate_again_keeps_stock_and_applies_only_the_baseline(

@@ -14,9 +14,10 @@ import pytest
 
 from acme_orders.ops.api_keys import hash_token
 from acme_orders.ops.privacy import FORGOTTEN
-from tests.conftest import add_product, api_client
-from tests.environment import TestEnvironment
-from tests.processes import acme_orders
+from tests.support.api import api_client
+from tests.support.environment import TestEnvironment
+from tests.support.processes import acme_orders
+from tests.support.products import add_product
 
 
 @pytest.fixture

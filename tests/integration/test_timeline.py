@@ -24,9 +24,10 @@ from acme_orders.core.settings import Settings
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.ops.api_keys import Scope, create_key
 from acme_orders.order_api.routes.board import Snapshots, snapshot_event
-from tests.conftest import NewProduct, add_product, api_client
-from tests.environment import TestEnvironment
-from tests.processes import acme_orders, free_port
+from tests.support.api import api_client
+from tests.support.environment import TestEnvironment
+from tests.support.processes import acme_orders, free_port
+from tests.support.products import NewProduct, add_product
 
 
 @asynccontextmanager

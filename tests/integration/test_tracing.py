@@ -26,9 +26,9 @@ from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.inventory.stock import reserve_stock
 from acme_orders.observability import tracing
 from acme_orders.publisher.relay import relay_outbox_batch
-from tests.conftest import api_client
-from tests.environment import TestEnvironment
-from tests.waiting import wait_until
+from tests.support.api import api_client
+from tests.support.environment import TestEnvironment
+from tests.support.waiting import wait_until
 
 # The caller's trace context: the API's span must continue it.
 CALLER_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from acme_orders.core import database, messaging, topology
 from acme_orders.core.settings import Settings
-from tests.environment import TestEnvironment
+from tests.support.environment import TestEnvironment
 from tests.support.postgres_pair import PostgresPair
 from tests.support.rabbitmq_cluster import RabbitCluster
 from tests.support.run_folder import RunFolder

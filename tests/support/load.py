@@ -16,7 +16,7 @@ import httpx
 from acme_orders.core.messaging import connect_once
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QUEUES
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 KIND_FOR_STATUS = {
     "paid": "order_paid",

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 from tests.support.run_folder import RunFolder, any_alive, children_of, kill_processes_of
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 from tests.support.run_folder import RunFolder, kill_processes_of
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 logger = logging.getLogger(__name__)
 

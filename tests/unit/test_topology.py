@@ -18,7 +18,7 @@ from acme_orders.core.events import (
 )
 from acme_orders.core.topology import QUEUES
 from acme_orders.services import WORKERS
-from tests.unit.test_readme import section, table_rows
+from tests.repo.test_readme import section, table_rows
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.processes import OUTPUT_DIR
+from tests.support.processes import OUTPUT_DIR
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from acme_orders_bench.scratch import ScratchError
-from tests.environment import RABBITMQCTL, TestEnvironment, rabbitmqctl
-from tests.waiting import wait_until
+from tests.support.environment import RABBITMQCTL, TestEnvironment, rabbitmqctl
+from tests.support.waiting import wait_until
 
-DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 
 
 def import_definitions(document: dict[str, Any]) -> None:

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from acme_orders.core.runtime import pid_alive
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 OUTPUT_ROOT = Path(
-    os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parents[1] / "test-output")
+    os.environ.get("TEST_OUTPUT_DIR", Path(__file__).resolve().parents[2] / "test-output")
 )
 # Each run keeps its services' logs in a folder of its own, named after its pid.
 OUTPUT_DIR = OUTPUT_ROOT / f"run-{os.getpid()}"

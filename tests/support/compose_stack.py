@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from acme_orders.core.runtime import pid_alive
-from tests.processes import OUTPUT_DIR, free_port
+from tests.support.processes import OUTPUT_DIR, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_PATTERN = re.compile(r"^acmecompose(\d+)$")

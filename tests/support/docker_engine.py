@@ -11,8 +11,8 @@ Bookworm has no compose v2 plugin, and the README says `docker compose`: `compos
 gives a private DOCKER_CONFIG whose CLI-plugin shim hands `docker compose ...` to
 `docker-compose ...`, so the tests run the README's commands as written.
 
-Run by hand: `python -m tests.compose.engine start|stop` (the pid and the network as it was are
-kept under /run/acme-orders-dockerd/, so `stop` can come from another process).
+Run by hand: `python -m tests.support.docker_engine start|stop` (the pid and the network as it
+was are kept under /run/acme-orders-dockerd/, so `stop` can come from another process).
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def main(argv: list[str]) -> int:
     if argv == ["stop"]:
         stop_engine()
         return 0
-    print("usage: python -m tests.compose.engine start|stop", file=sys.stderr)
+    print("usage: python -m tests.support.docker_engine start|stop", file=sys.stderr)
     return 2
 
 

@@ -7,7 +7,7 @@ import`. An image of one of those names that is already there is kept: one from 
 replaced, and one of ours only when its Dockerfile folder changed since it was built (the label
 `org.acme-orders.standin` holds a hash of the folder).
 
-Run by hand: `python -m tests.compose.standins` (needs a Docker engine; see engine.py).
+Run by hand: `python -m tests.support.standins` (needs a Docker engine; see docker_engine.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent / "standins"
+HERE = Path(__file__).resolve().parents[1] / "compose" / "standins"
 LABEL = "org.acme-orders.standin"
 BASE_IMAGE = "acme-orders-standin/debian:bookworm"
 SUITE = "bookworm"

@@ -1,0 +1,31 @@
+"""The API called in-process, without a server: the app started (its lifespan run, so its pool
+is open) behind an httpx client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from acme_orders.core.settings import Settings
+from acme_orders.order_api.app import create_app
+
+
+@asynccontextmanager
+async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (its lifespan run, so its pool is open) and called in-process, without a
+    server."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        yield client
+
+
+@asynccontextmanager
+async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of these settings, called in-process."""
+    async with app_client(create_app(settings)) as client:
+        yield client
