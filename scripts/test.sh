@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run every check: lint, types, and the test suite against the real PostgreSQL and
+# Set up and run every check: lint, types, the import contracts, and the test suite against the real PostgreSQL and
 # RabbitMQ (each run creates its own database and vhost, and removes them afterwards), brought up
 # first when none answers (containers of the tests' own, or Debian's packages: bootstrap.sh).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k happy_path
@@ -10,6 +10,8 @@ ruff check .
 ruff format --check .
 echo "==> mypy"
 mypy
+echo "==> import contracts (pyproject.toml: the layers, and what may import what)"
+lint-imports --no-cache
 echo "==> pip-audit (runtime dependencies; fails on a known vulnerability with a fix)"
 python scripts/audit_dependencies.py
 echo "==> pytest"

@@ -12,14 +12,11 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.core.orders import OrderStatus
+from acme_orders.core.observability.metrics import ORDERS_WINDOW
+from acme_orders.core.observability.metrics_server import serve_metrics
+from acme_orders.core.orders import OrderStatus, count_recent_orders
+from acme_orders.core.outbox import backlog
 from acme_orders.core.settings import Settings
-from acme_orders.observability.metrics import (
-    ORDERS_WINDOW,
-    count_recent_orders,
-    sample_outbox,
-)
-from acme_orders.observability.metrics_server import serve_metrics
 from tests.support.processes import free_port
 
 
@@ -48,16 +45,18 @@ async def add_outbox_row(pool: asyncpg.Pool, status: str, age: timedelta) -> Non
 
 
 async def test_outbox_backlog_counts_new_rows_and_ages_the_oldest(fresh_pool: asyncpg.Pool) -> None:
-    empty = await sample_outbox(fresh_pool)
-    await add_outbox_row(fresh_pool, "SENT", timedelta(hours=1))
-    await add_outbox_row(fresh_pool, "NEW", timedelta(seconds=90))
-    await add_outbox_row(fresh_pool, "NEW", timedelta(seconds=1))
+    async with fresh_pool.acquire() as conn:
+        empty = await backlog(conn)
+        await add_outbox_row(fresh_pool, "SENT", timedelta(hours=1))
+        await add_outbox_row(fresh_pool, "NEW", timedelta(seconds=90))
+        await add_outbox_row(fresh_pool, "NEW", timedelta(seconds=1))
 
-    backlog = await sample_outbox(fresh_pool)
+        waiting = await backlog(conn)
 
-    assert (empty.new_rows, empty.oldest_new_age) == (0, 0.0)
-    assert backlog.new_rows == 2
-    assert 90 <= backlog.oldest_new_age < 120
+    assert (empty.new_rows, empty.oldest_id, empty.oldest_age) == (0, None, None)
+    assert waiting.new_rows == 2
+    assert waiting.oldest_age is not None
+    assert 90 <= waiting.oldest_age.total_seconds() < 120
 
 
 async def test_recent_orders_are_counted_by_status_within_the_window(
@@ -67,7 +66,8 @@ async def test_recent_orders_are_counted_by_status_within_the_window(
         await add_order(fresh_pool, status)
     await add_order(fresh_pool, "paid", age=ORDERS_WINDOW + timedelta(minutes=1))
 
-    counts = await count_recent_orders(fresh_pool)
+    async with fresh_pool.acquire() as conn:
+        counts = await count_recent_orders(conn, ORDERS_WINDOW)
 
     assert counts == {
         OrderStatus.PENDING: 1,

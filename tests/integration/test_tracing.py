@@ -22,9 +22,9 @@ from opentelemetry.trace import SpanKind
 from acme_orders.core.consumer import Consumer, ConsumerRunner, Route
 from acme_orders.core.events import OrderPlaced
 from acme_orders.core.messaging import declare_dead_letter_exchange, declare_exchange
+from acme_orders.core.observability import tracing
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.inventory.stock import reserve_stock
-from acme_orders.observability import tracing
 from acme_orders.publisher.relay import relay_outbox_batch
 from tests.support.api import api_client
 from tests.support.environment import TestEnvironment

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
+from acme_orders.core.observability.metrics import ALL_METRICS, exported_names
+from acme_orders.core.observability.metrics_server import metrics_port
 from acme_orders.core.settings import Settings
-from acme_orders.observability.metrics import ALL_METRICS, exported_names
-from acme_orders.observability.metrics_server import metrics_port
 from acme_orders.ops.broker_definitions import password_variable, users_of
 from acme_orders.services import SERVICES
 

@@ -27,9 +27,9 @@ from referencing import Registry, Resource
 
 from acme_orders.cli import build_parser
 from acme_orders.core import topology
+from acme_orders.core.observability.metrics_server import ServiceHealth, metrics_port, worker_app
 from acme_orders.core.runtime import CLOSE_TIMEOUT
 from acme_orders.core.settings import Settings
-from acme_orders.observability.metrics_server import ServiceHealth, metrics_port, worker_app
 from acme_orders.order_api.app import create_app
 from acme_orders.services import SERVICES
 

@@ -15,9 +15,7 @@ from asyncpg.pgproto import pgproto
 from pydantic import ValidationError
 
 from acme_orders.core.events import OrderLine, OrderPlaced
-from acme_orders.core.runtime import configure_logging
-from acme_orders.core.settings import Settings
-from acme_orders.observability.logs import (
+from acme_orders.core.observability.logs import (
     ContextFilter,
     JsonFormatter,
     TextFormatter,
@@ -26,6 +24,8 @@ from acme_orders.observability.logs import (
     log_context,
     resolve_log_format,
 )
+from acme_orders.core.runtime import configure_logging
+from acme_orders.core.settings import Settings
 
 
 @pytest.fixture

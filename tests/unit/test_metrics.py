@@ -12,8 +12,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import REGISTRY
 
 from acme_orders.core.events import InventoryReleased, OrderPlaced
-from acme_orders.core.settings import Settings
-from acme_orders.observability.metrics import (
+from acme_orders.core.observability.metrics import (
     ALL_METRICS,
     OUTCOMES,
     ConsumerMetrics,
@@ -22,7 +21,8 @@ from acme_orders.observability.metrics import (
     exported_names,
     record_relayed,
 )
-from acme_orders.observability.metrics_server import ServiceHealth, metrics_port, worker_app
+from acme_orders.core.observability.metrics_server import ServiceHealth, metrics_port, worker_app
+from acme_orders.core.settings import Settings
 from acme_orders.order_api.http_metrics import HttpMetrics
 
 

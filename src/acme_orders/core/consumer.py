@@ -32,14 +32,14 @@ from pydantic import ValidationError
 from acme_orders.core.database import Connection, is_transient
 from acme_orders.core.events import Event, caused_by
 from acme_orders.core.messaging import declare_dead_letter_exchange, declare_queue
+from acme_orders.core.observability import tracing
+from acme_orders.core.observability.logs import event_log_context
+from acme_orders.core.observability.metrics import ConsumerMetrics, event_type_label
 from acme_orders.core.orders import UnprocessableEventError
 from acme_orders.core.outbox import add_to_outbox
 from acme_orders.core.runtime import open_connections, wait_any, wait_or_stop
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
-from acme_orders.observability import tracing
-from acme_orders.observability.logs import event_log_context
-from acme_orders.observability.metrics import ConsumerMetrics, event_type_label
 
 logger = logging.getLogger(__name__)
 

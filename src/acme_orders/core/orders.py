@@ -8,6 +8,7 @@ they expect, and a trigger in the database refuses any other.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from enum import StrEnum
 from uuid import UUID
 
@@ -38,6 +39,23 @@ UPDATE orders AS o SET status = new.status
 FROM unnest($1::uuid[], $2::text[]) AS new (id, status)
 WHERE o.id = new.id
 """
+
+
+async def count_recent_orders(tx: Connection, window: timedelta) -> dict[OrderStatus, int]:
+    """Orders placed within `window`, by current status; every status is present (0 when none).
+    Reads the window's rows through orders_created_at_idx: cheap for a short window, whatever the
+    table's size."""
+    records = await tx.fetch(
+        """
+        SELECT status, count(*) AS n FROM orders
+        WHERE created_at > clock_timestamp() - $1::interval
+        GROUP BY status
+        """,
+        window,
+    )
+    counts = dict.fromkeys(OrderStatus, 0)
+    counts.update({OrderStatus(r["status"]): r["n"] for r in records})
+    return counts
 
 
 async def lock_orders(tx: Connection, order_ids: Iterable[UUID]) -> dict[UUID, OrderStatus]:

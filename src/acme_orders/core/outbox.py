@@ -12,7 +12,7 @@ import orjson
 
 from acme_orders.core.database import Connection
 from acme_orders.core.events import Event
-from acme_orders.observability import tracing
+from acme_orders.core.observability import tracing
 
 # The columns an event is written with, in the order of every outbox insert (here and the API's
 # PLACE_ORDER, which stores an order and its OrderPlaced in one statement).

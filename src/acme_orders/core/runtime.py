@@ -18,15 +18,15 @@ from aio_pika.abc import AbstractRobustConnection
 
 from acme_orders.core.database import close_pool, create_pool
 from acme_orders.core.messaging import connect
-from acme_orders.core.settings import Settings, get_settings
-from acme_orders.observability.logs import (
+from acme_orders.core.observability.logs import (
     ContextFilter,
     LogFormat,
     log_formatter,
     resolve_log_format,
 )
-from acme_orders.observability.metrics_server import serve_metrics, service_health
-from acme_orders.observability.tracing import configure_tracing
+from acme_orders.core.observability.metrics_server import serve_metrics, service_health
+from acme_orders.core.observability.tracing import configure_tracing
+from acme_orders.core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from acme_orders.core.events import (
     StockShortage,
     caused_by,
 )
+from acme_orders.core.observability.logs import event_log_context
 from acme_orders.core.orders import OrderStatus, lock_orders
 from acme_orders.inventory.reservation import WantedOrder, decide_reservations
-from acme_orders.observability.logs import event_log_context
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from acme_orders.core.database import Connection
 from acme_orders.core.events import Event, OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.core.observability.logs import event_log_context
 from acme_orders.core.orders import lock_orders
-from acme_orders.observability.logs import event_log_context
 from acme_orders.ops.privacy import mask_email
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Final
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from acme_orders.observability.metrics import HTTP_REQUEST_SECONDS
+from acme_orders.core.observability.metrics import HTTP_REQUEST_SECONDS
 
 UNMATCHED_ROUTE: Final = "unmatched"
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -16,8 +16,8 @@ from typing import Final
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_orders.core.events import CORRELATION_ID_PATTERN
-from acme_orders.observability import tracing
-from acme_orders.observability.logs import log_context
+from acme_orders.core.observability import tracing
+from acme_orders.core.observability.logs import log_context
 
 HEADER: Final = b"x-request-id"
 # Where the middleware leaves the id for the routes, in the request's ASGI scope.

@@ -7,9 +7,9 @@ import logging
 import uvicorn
 
 from acme_orders.core import topology
+from acme_orders.core.observability.tracing import configure_tracing
 from acme_orders.core.runtime import configure_logging
 from acme_orders.core.settings import Settings, get_settings
-from acme_orders.observability.tracing import configure_tracing
 from acme_orders.order_api.security import open_to_the_network
 
 SERVICE = topology.API

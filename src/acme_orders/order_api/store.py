@@ -14,9 +14,9 @@ from uuid import UUID
 import asyncpg
 
 from acme_orders.core.events import OrderLine, OrderPlaced
+from acme_orders.core.observability import tracing
 from acme_orders.core.orders import OrderStatus
 from acme_orders.core.outbox import EVENT_COLUMNS
-from acme_orders.observability import tracing
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
 
 ORDER_COLUMNS = "id, customer_id, email, status, total, created_at, updated_at"

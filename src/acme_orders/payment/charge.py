@@ -16,8 +16,8 @@ from acme_orders.core.events import (
     PaymentFailed,
     caused_by,
 )
+from acme_orders.core.observability.logs import event_log_context
 from acme_orders.core.orders import OrderStatus, lock_orders, set_order_statuses
-from acme_orders.observability.logs import event_log_context
 
 logger = logging.getLogger(__name__)
 

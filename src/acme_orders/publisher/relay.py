@@ -19,11 +19,11 @@ import asyncpg
 from aio_pika.abc import AbstractExchange
 
 from acme_orders.core.messaging import outbox_message
+from acme_orders.core.observability import tracing
+from acme_orders.core.observability.metrics import record_relayed
 from acme_orders.core.outbox import claim_for_publishing
 from acme_orders.core.runtime import retry_until_ready, wait_any
 from acme_orders.core.settings import Settings
-from acme_orders.observability import tracing
-from acme_orders.observability.metrics import record_relayed
 
 logger = logging.getLogger(__name__)
 

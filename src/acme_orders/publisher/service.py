@@ -15,17 +15,18 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 
 from acme_orders.core import topology
 from acme_orders.core.messaging import declare_exchange
-from acme_orders.core.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
-from acme_orders.core.settings import Settings
-from acme_orders.observability.metrics import (
+from acme_orders.core.observability.metrics import (
     ORDERS_SAMPLE_INTERVAL,
+    ORDERS_WINDOW,
     OUTBOX_SAMPLE_INTERVAL,
-    count_recent_orders,
     export_publisher_metrics,
-    sample_outbox,
     set_orders_gauge,
     set_outbox_gauges,
 )
+from acme_orders.core.orders import count_recent_orders
+from acme_orders.core.outbox import backlog
+from acme_orders.core.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
+from acme_orders.core.settings import Settings
 from acme_orders.ops.housekeeping import purge_all
 from acme_orders.publisher.relay import listen_for_outbox, relay_outbox_batch
 
@@ -157,10 +158,12 @@ async def sample_gauges_until_stopped(pool: asyncpg.Pool, stop: asyncio.Event) -
     orders_due = 0.0
     while True:
         try:
-            async with asyncio.timeout(OUTBOX_SAMPLE_INTERVAL):
-                set_outbox_gauges(await sample_outbox(pool))
+            async with asyncio.timeout(OUTBOX_SAMPLE_INTERVAL), pool.acquire() as conn:
+                waiting = await backlog(conn)
+                age = waiting.oldest_age.total_seconds() if waiting.oldest_age else 0.0
+                set_outbox_gauges(waiting.new_rows, age)
                 if time.monotonic() >= orders_due:
-                    set_orders_gauge(await count_recent_orders(pool))
+                    set_orders_gauge(await count_recent_orders(conn, ORDERS_WINDOW))
                     orders_due = time.monotonic() + ORDERS_SAMPLE_INTERVAL
         except Exception as exc:
             logger.debug("sampling the outbox and orders failed (%r); skipped", exc)

@@ -8,8 +8,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 
-from acme_orders.observability.logs import log_context
-from acme_orders.observability.metrics import EVENTS_EMITTED
+from acme_orders.core.observability.logs import log_context
+from acme_orders.core.observability.metrics import EVENTS_EMITTED
 from acme_orders.ops.privacy import mask_emails_in
 from acme_orders.order_api import store
 from acme_orders.order_api.deps import OrderPlacer, Pool, Prices, Reader, RequestId

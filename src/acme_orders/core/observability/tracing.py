@@ -33,13 +33,26 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
     from opentelemetry.sdk.trace import TracerProvider
 
-    from acme_orders.core.outbox import OutboxRow
 
 logger = logging.getLogger(__name__)
 
 # What a trace context travels in: W3C headers by name (traceparent, tracestate), as the
 # configured propagator writes them.
 Carrier = dict[str, str]
+
+
+class PublishedRow(Protocol):
+    """What publishing reads of an outbox row (core.outbox.OutboxRow)."""
+
+    @property
+    def event_id(self) -> UUID: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def trace_context(self) -> Carrier | None: ...
+
 
 # None: not tracing. Read on every hot path, so that tracing off costs one comparison.
 _tracer: Tracer | None = None
@@ -120,7 +133,7 @@ def _end(spans: Sequence[Span], error: BaseException | None) -> None:
 
 
 @contextmanager
-def publishing(rows: Sequence[OutboxRow]) -> Iterator[list[Carrier | None]]:
+def publishing(rows: Sequence[PublishedRow]) -> Iterator[list[Carrier | None]]:
     """The trace headers of each row's message, for a batch the publisher is publishing.
 
     Tracing: a producer span per row, child of the context stored with the row, ended when the

@@ -1,28 +1,25 @@
 """Every Prometheus metric of the system, defined once, and the helpers that record them.
 
-The API exports them on its own `/metrics`, each worker on its metrics server
-(`acme_orders.observability.metrics_server`). The hot paths (a consumer's batch, a relayed outbox
-batch, an HTTP request) only increment counters and observe histograms whose label children were
-bound in advance, once per batch where they can, and query nothing. The gauges that need SQL
-(outbox backlog, orders by status) are sampled by the publisher alone, every few seconds
-(`sample_outbox`, `count_recent_orders`); they and the relay's histograms are exported by the
-publisher only (`export_publisher_metrics`), so that no other process shows them as zeros.
+The API exports them on its own `/metrics`, each worker on its metrics server (`metrics_server`).
+The hot paths (a consumer's batch, a relayed outbox batch, an HTTP request) only increment
+counters and observe histograms whose label children were bound in advance, once per batch where
+they can, and query nothing. The gauges that need SQL (outbox backlog, orders by status) are
+sampled by the publisher alone, every few seconds (it reads `outbox.backlog` and
+`orders.count_recent_orders`); they and the relay's histograms are exported by the publisher only
+(`export_publisher_metrics`), so that no other process shows them as zeros.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Literal, get_args
 
-import asyncpg
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from acme_orders.core.events import EVENT_TYPE_BY_NAME, Event
 from acme_orders.core.orders import OrderStatus
-from acme_orders.core.outbox import backlog
 
 # What became of a message a consumer took off its queue.
 Outcome = Literal["handled", "duplicate", "retried", "dead_lettered", "ignored"]
@@ -285,46 +282,10 @@ def record_relayed(event_types: Sequence[str], seconds: float) -> None:
     OUTBOX_RELAY_BATCH_SIZE.observe(len(event_types))
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxBacklog:
-    """Events waiting to be published: how many, and for how long the oldest has."""
-
-    new_rows: int
-    oldest_new_age: float  # seconds; 0.0 when there is no NEW row
-
-
-async def sample_outbox(pool: asyncpg.Pool) -> OutboxBacklog:
-    """Count the NEW outbox rows and measure the age of the oldest, by the database's clock. Both
-    read only the partial index on NEW rows (and the oldest row), however many SENT rows there
-    are."""
-    async with pool.acquire() as conn:
-        waiting = await backlog(conn)
-    age = waiting.oldest_age.total_seconds() if waiting.oldest_age is not None else 0.0
-    return OutboxBacklog(waiting.new_rows, max(0.0, age))
-
-
-async def count_recent_orders(
-    pool: asyncpg.Pool, window: timedelta = ORDERS_WINDOW
-) -> dict[OrderStatus, int]:
-    """Orders placed within `window`, by current status; every status is present (0 when none).
-    Reads the window's rows through orders_created_at_idx: cheap for a short window, whatever the
-    table's size."""
-    records = await pool.fetch(
-        """
-        SELECT status, count(*) AS n FROM orders
-        WHERE created_at > clock_timestamp() - $1::interval
-        GROUP BY status
-        """,
-        window,
-    )
-    counts = dict.fromkeys(OrderStatus, 0)
-    counts.update({OrderStatus(r["status"]): r["n"] for r in records})
-    return counts
-
-
-def set_outbox_gauges(backlog: OutboxBacklog) -> None:
-    OUTBOX_BACKLOG.set(backlog.new_rows)
-    OUTBOX_OLDEST_NEW_AGE.set(backlog.oldest_new_age)
+def set_outbox_gauges(new_rows: int, oldest_new_age: float) -> None:
+    """The outbox's NEW rows, and the age of the oldest in seconds (0 when none)."""
+    OUTBOX_BACKLOG.set(new_rows)
+    OUTBOX_OLDEST_NEW_AGE.set(max(0.0, oldest_new_age))
 
 
 def set_orders_gauge(counts: dict[OrderStatus, int]) -> None:
