@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from acme_orders.services import SERVICES
+from tests.support.api import one_line_order
 from tests.support.clusters import ClusterEnvironment
 from tests.support.processes import ServiceProcess, free_port, stop_all
 from tests.support.system import start_service
@@ -27,11 +28,7 @@ async def test_an_order_is_paid_with_every_service_on_the_clusters(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             response = await client.post(
                 "/orders",
-                json={
-                    "customer_id": "C100",
-                    "email": "c100@example.com",
-                    "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
-                },
+                json=one_line_order(),
             )
             assert response.status_code == 201, response.text
             order_id = response.json()["id"]

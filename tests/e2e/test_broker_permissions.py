@@ -23,6 +23,7 @@ from acme_orders.core import messaging
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.orders import FINAL_STATUSES
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED, PAYMENT_INVENTORY_RESERVED, QUEUES
+from tests.support.api import one_line_order
 from tests.support.broker_users import definitions_for, imported
 from tests.support.environment import RABBITMQ_BASE_URL, TestEnvironment, rabbitmqctl
 from tests.support.processes import ServiceProcess, acme_orders, free_port, stop_all
@@ -127,11 +128,7 @@ async def test_the_pipeline_runs_with_one_least_privileged_user_per_service(
             assert all(isinstance(ready, int) for ready in depths.values()), depths
             placed = await client.post(
                 "/orders",
-                json={
-                    "customer_id": "C100",
-                    "email": "c100@example.com",
-                    "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
-                },
+                json=one_line_order(),
             )
             assert placed.status_code == 201, placed.text
 

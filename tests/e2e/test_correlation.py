@@ -10,6 +10,7 @@ from uuid import UUID
 import orjson
 import pytest
 
+from tests.support.api import one_line_order
 from tests.support.products import add_product
 from tests.support.system import System
 
@@ -21,11 +22,7 @@ async def place_with_request_id(system: System, request_id: str) -> tuple[str, s
     sku = await add_product(system.pool, stock=5)
     response = await system.client.post(
         "/orders",
-        json={
-            "customer_id": "C100",
-            "email": "c100@example.com",
-            "items": [{"sku": sku, "qty": 1}],
-        },
+        json=one_line_order(sku),
         headers={"X-Request-ID": request_id},
     )
     assert response.status_code == 201, response.text

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from acme_orders.core.events import EXCHANGE
+from tests.support.api import one_line_order
 from tests.support.environment import TestEnvironment
 from tests.support.processes import ServiceProcess, free_port, stop_all
 from tests.support.products import NewProduct, add_product, stock_of
@@ -202,11 +203,7 @@ async def test_run_all_starts_the_system_and_stops_it_cleanly(fresh_env: TestEnv
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             response = await client.post(
                 "/orders",
-                json={
-                    "customer_id": "C100",
-                    "email": "c100@example.com",
-                    "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
-                },
+                json=one_line_order(),
             )
             order_id = response.json()["id"]
 

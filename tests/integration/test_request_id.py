@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from acme_orders.core.settings import Settings
-from tests.support.api import api_client
+from tests.support.api import api_client, one_line_order
 from tests.support.products import NewProduct
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -33,10 +33,6 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def order(sku: str) -> dict[str, object]:
-    return {"customer_id": "C100", "email": "c100@example.com", "items": [{"sku": sku, "qty": 1}]}
-
-
 async def order_placed(pool: asyncpg.Pool, order_id: str) -> dict[str, object]:
     payload = await pool.fetchval(
         "SELECT payload::text FROM event_outbox WHERE order_id = $1 AND event_type = 'OrderPlaced'",
@@ -51,7 +47,9 @@ async def test_the_request_id_comes_back_and_becomes_the_orders_correlation_id(
 ) -> None:
     sku = await new_product(stock=5)
 
-    response = await api.post("/orders", json=order(sku), headers={"X-Request-ID": "abc-123"})
+    response = await api.post(
+        "/orders", json=one_line_order(sku), headers={"X-Request-ID": "abc-123"}
+    )
 
     assert response.status_code == 201, response.text
     assert response.headers["X-Request-ID"] == "abc-123"
@@ -64,7 +62,7 @@ async def test_without_a_request_id_the_api_makes_one_and_the_order_carries_it(
 ) -> None:
     sku = await new_product(stock=5)
 
-    response = await api.post("/orders", json=order(sku))
+    response = await api.post("/orders", json=one_line_order(sku))
 
     assert response.status_code == 201, response.text
     request_id = response.headers["X-Request-ID"]

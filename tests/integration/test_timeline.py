@@ -24,7 +24,7 @@ from acme_orders.core.settings import Settings
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.ops.api_keys import Scope, create_key
 from acme_orders.order_api.routes.board import Snapshots, snapshot_event
-from tests.support.api import api_client
+from tests.support.api import api_client, one_line_order
 from tests.support.environment import TestEnvironment
 from tests.support.processes import acme_orders, free_port
 from tests.support.products import NewProduct, add_product
@@ -53,16 +53,12 @@ def when(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def order_body(sku: str) -> dict[str, object]:
-    return {"customer_id": "C100", "email": "c100@example.com", "items": [{"sku": sku, "qty": 1}]}
-
-
 async def test_a_new_order_has_one_event_waiting_in_the_outbox_for_inventory(
     api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
 ) -> None:
     sku = await new_product(stock=5)
     writer = await key_headers(pool, Scope.ORDERS_WRITE)
-    order = (await api.post("/orders", json=order_body(sku), headers=writer)).json()
+    order = (await api.post("/orders", json=one_line_order(sku), headers=writer)).json()
 
     response = await api.get(f"/orders/{order['id']}/events", headers=writer)
 
@@ -90,7 +86,7 @@ async def test_the_timeline_shows_publishing_and_handling_as_they_are_recorded(
     sku = await new_product(stock=5)
     admin = await key_headers(pool, Scope.ADMIN)
     writer = await key_headers(pool, Scope.ORDERS_WRITE)
-    order = (await api.post("/orders", json=order_body(sku), headers=writer)).json()
+    order = (await api.post("/orders", json=one_line_order(sku), headers=writer)).json()
     order_id = UUID(order["id"])
     placed = await pool.fetchval("SELECT event_id FROM event_outbox WHERE order_id = $1", order_id)
     # What the publisher and inventory record, by hand: the event SENT, handled by inventory,
@@ -140,7 +136,7 @@ async def test_the_timeline_follows_the_rule_of_get_order(
     alice = await key_headers(pool, Scope.ORDERS_WRITE)
     bob = await key_headers(pool, Scope.ORDERS_WRITE)
     admin = await key_headers(pool, Scope.ADMIN)
-    order = (await api.post("/orders", json=order_body(sku), headers=alice)).json()
+    order = (await api.post("/orders", json=one_line_order(sku), headers=alice)).json()
     path = f"/orders/{order['id']}/events"
 
     as_alice = await api.get(path, headers=alice)
@@ -204,7 +200,7 @@ async def test_a_snapshot_holds_the_newest_orders_the_counts_the_backlog_and_the
     settings = fresh_env.settings()
     sku = await add_product(fresh_pool, stock=5)
     async with running_api(settings, auth=False) as api:
-        orders = [(await api.post("/orders", json=order_body(sku))).json() for _ in range(3)]
+        orders = [(await api.post("/orders", json=one_line_order(sku))).json() for _ in range(3)]
     await fresh_channel.default_exchange.publish(
         aio_pika.Message(b"{}", message_id=str(uuid4())),
         routing_key=INVENTORY_ORDER_PLACED.dead_letter_queue,
@@ -271,7 +267,7 @@ async def test_trace_prints_the_timeline_and_refuses_an_unknown_order(
 ) -> None:
     sku = await new_product(stock=5)
     async with running_api(settings, auth=False) as api:
-        order = (await api.post("/orders", json=order_body(sku))).json()
+        order = (await api.post("/orders", json=one_line_order(sku))).json()
     missing = uuid4()
 
     traced = await acme_orders(session_env.environ(), "trace", order["id"])

@@ -26,7 +26,7 @@ from acme_orders.core.observability import tracing
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
 from acme_orders.inventory.stock import reserve_stock
 from acme_orders.publisher.relay import relay_outbox_batch
-from tests.support.api import api_client
+from tests.support.api import api_client, one_line_order
 from tests.support.environment import TestEnvironment
 from tests.support.waiting import wait_until
 
@@ -34,11 +34,7 @@ from tests.support.waiting import wait_until
 CALLER_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 CALLER_SPAN_ID = 0x00F067AA0BA902B7
 TRACEPARENT = f"00-{CALLER_TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01"
-ORDER = {
-    "customer_id": "C100",
-    "email": "c100@example.com",
-    "items": [{"sku": "TSHIRT-BLK-M", "qty": 1}],
-}
+ORDER = one_line_order()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The API called in-process, without a server: the app started (its lifespan run, so its pool
-is open) behind an httpx client."""
+is open) behind an httpx client; and the body of a simple order."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from fastapi import FastAPI
 
 from acme_orders.core.settings import Settings
 from acme_orders.order_api.app import create_app
+
+
+def one_line_order(sku: str = "TSHIRT-BLK-M", qty: int = 1) -> dict[str, object]:
+    """A `POST /orders` body of one line, for customer C100."""
+    return {"customer_id": "C100", "email": "c100@example.com", "items": [{"sku": sku, "qty": qty}]}
 
 
 @asynccontextmanager

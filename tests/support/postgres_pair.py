@@ -32,7 +32,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, run_checked
 from tests.support.run_folder import RunFolder, any_alive, children_of, kill_processes_of
 from tests.support.waiting import wait_until
 
@@ -331,29 +331,9 @@ class PostgresPair:
 
     async def _as_postgres(self, *args: str, within: float = 120.0) -> str:
         """Run a PostgreSQL program as the postgres OS user; fail on a non-zero exit."""
-        account = pwd.getpwnam(OS_USER)
-        process = await asyncio.create_subprocess_exec(
-            *args,
-            user=account.pw_uid,
-            group=account.pw_gid,
-            extra_groups=[],
-            cwd=self.folder,
-            env=self._environ(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+        return await run_checked(
+            *args, env=self._environ(), within=within, as_user=OS_USER, cwd=self.folder
         )
-        try:
-            out, _ = await asyncio.wait_for(process.communicate(), within)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise AssertionError(f"{args[0]} took over {within}s") from None
-        if process.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(args)} exited {process.returncode}: {out.decode(errors='replace')}"
-            )
-        return out.decode(errors="replace")
 
     def _environ(self) -> dict[str, str]:
         return {

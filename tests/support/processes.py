@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -46,6 +47,40 @@ async def acme_orders(env: dict[str, str] | None, *args: str) -> subprocess.Comp
         timeout=60,
         check=False,
     )
+
+
+async def run_checked(
+    *args: str,
+    env: dict[str, str],
+    within: float,
+    as_user: str | None = None,
+    cwd: Path | None = None,
+) -> str:
+    """Run a program to its end (as the OS user AS_USER when given) and return what it wrote on
+    stdout; fail the test, with both streams, when it exits non-zero or takes over WITHIN
+    seconds."""
+    account = pwd.getpwnam(as_user) if as_user else None
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        user=account.pw_uid if account else None,
+        group=account.pw_gid if account else None,
+        extra_groups=[] if account else None,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{' '.join(args)} took over {within}s") from None
+    if process.returncode != 0:
+        both = (out + err).decode(errors="replace").strip()
+        raise AssertionError(f"{' '.join(args)} exited {process.returncode}: {both}")
+    return out.decode(errors="replace")
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, run_checked
 from tests.support.run_folder import RunFolder, kill_processes_of
 from tests.support.waiting import wait_until
 
@@ -195,29 +195,9 @@ class RabbitCluster:
         """Run `rabbitmqctl -q -n NODE ARGS` with the cluster's cookie and epmd and return its
         output; NODE is the first running node unless given. Fails on a non-zero exit."""
         target = node or self._any_running()
-        process = await asyncio.create_subprocess_exec(
-            str(CTL),
-            "-q",
-            "-n",
-            target.name,
-            *args,
-            env=self._environ(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        return await run_checked(
+            str(CTL), "-q", "-n", target.name, *args, env=self._environ(), within=within
         )
-        try:
-            out, err = await asyncio.wait_for(process.communicate(), within)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise AssertionError(f"rabbitmqctl {' '.join(args)} took over {within}s") from None
-        if process.returncode != 0:
-            raise AssertionError(
-                f"rabbitmqctl -n {target.name} {' '.join(args)} exited {process.returncode}: "
-                f"{(out + err).decode(errors='replace').strip()}"
-            )
-        return out.decode()
 
     async def add_vhost(self, name: str) -> None:
         """Create a vhost and give the cluster's user every permission on it."""
