@@ -24,7 +24,12 @@ _PROBLEMS: dict[int, dict[str, Any]] = {
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
     503: {
-        "description": "The database is unavailable; nothing was stored.",
+        "description": (
+            "The database is unavailable or busy (no connection came free within "
+            "API_DB_ACQUIRE_TIMEOUT, or a statement ran past API_STATEMENT_TIMEOUT); nothing was "
+            "stored. Try again after Retry-After seconds. Past API_LIMIT_CONCURRENCY the server "
+            "itself answers 503 in plain text, without Retry-After: wait a second."
+        ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }

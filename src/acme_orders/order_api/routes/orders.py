@@ -61,8 +61,11 @@ IdempotencyKey = Annotated[
                 "`detail` says why."
             ),
             503: (
-                "The database is unavailable, or the prices of the order's products kept "
-                "changing while it was placed; nothing was stored, try again."
+                "The database is unavailable or busy (no connection came free in time, a "
+                "statement ran past its timeout, the API took on all it can), or the prices of the "
+                "order's products kept changing while it was placed. Nothing was stored: retry "
+                "after Retry-After seconds with the same Idempotency-Key, which places the order "
+                "once however many times it is sent."
             ),
         },
     ),
