@@ -80,7 +80,8 @@ class OrderQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: Annotated[str | None, Field(max_length=64)] = None
+    # Text a customer id can be (no control characters, which PostgreSQL refuses in a string).
+    customer_id: Annotated[str | None, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")] = None
     status: OrderStatus | None = None
     limit: Annotated[int, Field(ge=1, le=200, description="Most orders on the page.")] = 50
     cursor: Annotated[
