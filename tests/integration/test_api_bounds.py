@@ -19,7 +19,11 @@ from tests.support.products import NewProduct
 from tests.support.waiting import wait_until
 
 # About bounds, not keys: no key and no rate limits, as the quick start.
-OPEN_API = {"auth_disabled": True, "rate_limit_orders_per_second": 0}
+OPEN_API = {
+    "auth_disabled": True,
+    "rate_limit_orders_per_second": 0,
+    "rate_limit_reads_per_second": 0,
+}
 
 
 async def orders_of(pool: asyncpg.Pool, sku: str) -> int:

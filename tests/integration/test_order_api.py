@@ -22,7 +22,11 @@ from tests.support.products import NewProduct, stock_of
 
 # These tests are about orders, not about keys (test_api_security.py is): they call the API as the
 # quick start does, with no key and no rate limit.
-OPEN_API = {"auth_disabled": True, "rate_limit_orders_per_second": 0}
+OPEN_API = {
+    "auth_disabled": True,
+    "rate_limit_orders_per_second": 0,
+    "rate_limit_reads_per_second": 0,
+}
 
 
 @pytest.fixture

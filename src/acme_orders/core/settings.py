@@ -99,6 +99,21 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="POST /orders one key may send at once on top of the steady rate.",
     )
+    rate_limit_reads_per_second: float = Field(
+        100.0,
+        ge=0,
+        description=(
+            "Steady rate of reads (GET /orders, /orders/{id}, /orders/{id}/events, /products) "
+            "allowed to one API key (to one client address when AUTH_DISABLED), counted in each "
+            "API process apart from POST /orders; beyond it 429. 0 turns the limit off."
+        ),
+    )
+    rate_limit_reads_burst: int = Field(
+        200,
+        ge=1,
+        le=1_000_000,
+        description="Reads one key may send at once on top of the steady rate.",
+    )
     api_db_acquire_timeout: float = Field(
         2.0,
         gt=0,

@@ -82,6 +82,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.rate_limit_orders_per_second > 0
         else None
     )
+    app.state.read_rate_limit = (
+        TokenBucketLimiter(settings.rate_limit_reads_per_second, settings.rate_limit_reads_burst)
+        if settings.rate_limit_reads_per_second > 0
+        else None
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     # Outside the body limit, so that its 413s are timed and counted too.
     app.add_middleware(HttpMetrics)
@@ -122,6 +127,15 @@ def log_access_policy(settings: Settings) -> None:
         )
     else:
         logger.info("POST /orders is not rate limited (RATE_LIMIT_ORDERS_PER_SECOND=0)")
+    if settings.rate_limit_reads_per_second > 0:
+        logger.info(
+            "reads limited to %g/s per %s (bursts of %d), in this process",
+            settings.rate_limit_reads_per_second,
+            "client address" if settings.auth_disabled else "API key",
+            settings.rate_limit_reads_burst,
+        )
+    else:
+        logger.info("reads are not rate limited (RATE_LIMIT_READS_PER_SECOND=0)")
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -20,7 +20,10 @@ _PROBLEMS: dict[int, dict[str, Any]] = {
     413: {"description": "The body is larger than MAX_REQUEST_BYTES."},
     422: {"description": "The request is not valid; `detail` says why."},
     429: {
-        "description": "Too many orders from this API key; try again after Retry-After seconds.",
+        "description": (
+            "Too many requests of this kind (orders, or reads) from this API key; try again after "
+            "Retry-After seconds."
+        ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
     503: {

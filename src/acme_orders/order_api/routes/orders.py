@@ -114,7 +114,7 @@ async def place_order(
     return order
 
 
-@orders.get("/{order_id}", responses=problems(401, 403, 404, 422, 503))
+@orders.get("/{order_id}", responses=problems(401, 403, 404, 422, 429, 503))
 async def get_order(order_id: UUID, pool: Pool, caller: Reader) -> OrderOut:
     """The order. An orders:write key reads only the orders it placed: another's is a 404, as
     if it did not exist, so that order ids cannot be probed."""
@@ -142,6 +142,7 @@ async def single_valued_query(request: Request) -> None:
         401,
         403,
         422,
+        429,
         503,
         saying={422: "A filter is not valid, or the cursor is not one this API gave out."},
     ),
