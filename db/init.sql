@@ -23,8 +23,9 @@ CREATE TABLE IF NOT EXISTS orders (
 -- Room on each page for the three status updates of an order's life as HOT updates (see
 -- 004_hot_status_updates.sql).
 ) WITH (fillfactor = 80);
-CREATE INDEX IF NOT EXISTS orders_created_at_idx ON orders (created_at DESC);
-CREATE INDEX IF NOT EXISTS orders_customer_idx ON orders (customer_id, created_at DESC);
+-- Both end in id, as GET /orders pages (006_keyset_order_list.sql).
+CREATE INDEX IF NOT EXISTS orders_created_at_idx ON orders (created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS orders_customer_idx ON orders (customer_id, created_at DESC, id DESC);
 
 CREATE TABLE IF NOT EXISTS order_items (
     order_id    uuid NOT NULL REFERENCES orders (id) ON DELETE CASCADE,

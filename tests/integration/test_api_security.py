@@ -21,8 +21,12 @@ from tests.support.waiting import wait_until
 
 @asynccontextmanager
 async def running_api(settings: Settings, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with auth on (whatever the environment says) and no rate limit, unless told."""
-    update: dict[str, object] = {"auth_disabled": False, "rate_limit_orders_per_second": 0}
+    """The API with auth on (whatever the environment says) and no rate limits, unless told."""
+    update: dict[str, object] = {
+        "auth_disabled": False,
+        "rate_limit_orders_per_second": 0,
+        "rate_limit_reads_per_second": 0,
+    }
     async with api_client(settings.model_copy(update=update | overrides)) as client:
         yield client
 
@@ -262,7 +266,7 @@ async def test_placing_orders_over_the_rate_is_429_with_retry_after_per_key(
     assert 1 <= int(refused.headers["retry-after"]) <= 100
     assert await pool.fetchval("SELECT count(*) FROM orders") == orders_before + 1
     assert others.status_code == 201, "each key has a bucket of its own"
-    assert reading.status_code == 200, "only placing orders is limited"
+    assert reading.status_code == 200, "reads are counted apart from orders"
 
 
 async def test_with_auth_disabled_the_rate_limit_counts_by_client_address(
@@ -277,6 +281,56 @@ async def test_with_auth_disabled_the_rate_limit_counts_by_client_address(
     assert first.status_code == 201
     assert second.status_code == 429
     assert "retry-after" in second.headers
+
+
+async def test_reading_over_the_rate_is_429_with_retry_after_per_key_apart_from_orders(
+    settings: Settings, new_product: NewProduct, new_key: NewKey
+) -> None:
+    sku = await new_product(stock=50)
+    greedy, other = await new_key(Scope.ORDERS_WRITE), await new_key(Scope.ORDERS_WRITE)
+    limits = {"rate_limit_reads_per_second": 0.01, "rate_limit_reads_burst": 4}
+    async with running_api(settings, **limits) as api:
+        placed = (await api.post("/orders", json=order_body(sku), headers=greedy)).json()
+        # Every read counts: the list, one order, its events, the catalogue.
+        allowed = [
+            await api.get("/orders", headers=greedy),
+            await api.get(f"/orders/{placed['id']}", headers=greedy),
+            await api.get(f"/orders/{placed['id']}/events", headers=greedy),
+            await api.get("/products", headers=greedy),
+        ]
+
+        refused = [
+            await api.get("/orders", headers=greedy),
+            await api.get(f"/orders/{placed['id']}", headers=greedy),
+            await api.get("/products", headers=greedy),
+        ]
+        others = await api.get("/orders", headers=other)
+        placing = await api.post("/orders", json=order_body(sku), headers=greedy)
+
+    assert [r.status_code for r in allowed] == [200, 200, 200, 200]
+    assert [r.status_code for r in refused] == [429, 429, 429]
+    # One token every 100 s, and none left.
+    assert all(1 <= int(r.headers["retry-after"]) <= 100 for r in refused)
+    assert "too many reads from this API key" in refused[0].json()["detail"]
+    assert others.status_code == 200, "each key has a bucket of its own"
+    assert placing.status_code == 201, "orders are counted apart from reads"
+
+
+async def test_with_auth_disabled_the_read_limit_counts_by_client_address(
+    settings: Settings,
+) -> None:
+    limits = {
+        "auth_disabled": True,
+        "rate_limit_reads_per_second": 0.01,
+        "rate_limit_reads_burst": 1,
+    }
+    async with running_api(settings, **limits) as api:
+        first = await api.get("/orders")
+        second = await api.get("/orders")
+
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert "too many reads from this client address" in second.json()["detail"]
 
 
 async def test_health_documentation_and_schema_stay_open_and_show_the_scheme(

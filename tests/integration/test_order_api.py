@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID, uuid4
 
@@ -13,13 +15,18 @@ import httpx
 import pytest
 
 from acme_orders.core.settings import Settings
+from acme_orders.order_api import store
 from acme_orders.order_api.app import create_app
 from tests.support.api import api_client, app_client
 from tests.support.products import NewProduct, stock_of
 
 # These tests are about orders, not about keys (test_api_security.py is): they call the API as the
 # quick start does, with no key and no rate limit.
-OPEN_API = {"auth_disabled": True, "rate_limit_orders_per_second": 0}
+OPEN_API = {
+    "auth_disabled": True,
+    "rate_limit_orders_per_second": 0,
+    "rate_limit_reads_per_second": 0,
+}
 
 
 @pytest.fixture
@@ -28,6 +35,10 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         settings.model_copy(update={"max_request_bytes": 4096, **OPEN_API})
     ) as client:
         yield client
+
+
+def urlsafe_base64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def order_body(sku: str, qty: int = 1, customer: str = "C100") -> dict[str, object]:
@@ -114,7 +125,7 @@ async def test_unknown_order_is_404_and_malformed_id_is_422(api: httpx.AsyncClie
     assert malformed.status_code == 422
 
 
-async def test_list_orders_filters_by_customer_and_status_and_pages(
+async def test_list_orders_filters_by_customer_and_status_and_pages_with_a_cursor(
     api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
 ) -> None:
     sku = await new_product(stock=50)
@@ -124,27 +135,113 @@ async def test_list_orders_filters_by_customer_and_status_and_pages(
         for _ in range(5)
     ]
     await pool.execute("UPDATE orders SET status = 'out_of_stock' WHERE id = $1", UUID(ids[0]))
+    # Two orders of the same microsecond: the cursor tells them apart by id, the newest first
+    # being the one with the larger id.
+    await pool.execute(
+        """
+        UPDATE orders SET created_at = (SELECT created_at FROM orders WHERE id = $1)
+        WHERE id = $2
+        """,
+        UUID(ids[2]),
+        UUID(ids[3]),
+    )
+    newest_first = [ids[4], *sorted(ids[2:4], key=UUID, reverse=True), ids[1], ids[0]]
 
-    first = (await api.get("/orders", params={"customer_id": customer, "limit": 3})).json()
-    second = (
-        await api.get("/orders", params={"customer_id": customer, "limit": 3, "offset": 3})
-    ).json()
-    out_of_stock = (
-        await api.get("/orders", params={"customer_id": customer, "status": "out_of_stock"})
-    ).json()
+    def page(**params: str | int) -> dict[str, str | int]:
+        return {"customer_id": customer, **params}
 
-    assert [o["id"] for o in first["items"] + second["items"]] == ids[::-1]
-    assert first["next_offset"] == 3
-    assert second["next_offset"] is None
+    whole = (await api.get("/orders", params=page(limit=5))).json()
+    first = (await api.get("/orders", params=page(limit=2))).json()
+    # A new order between two pages: an offset would now show one of the first page again.
+    newer = (await api.post("/orders", json=order_body(sku, 1, customer))).json()["id"]
+    second = (await api.get("/orders", params=page(limit=2, cursor=first["next_cursor"]))).json()
+    third = (await api.get("/orders", params=page(limit=2, cursor=second["next_cursor"]))).json()
+    out_of_stock = (await api.get("/orders", params=page(status="out_of_stock"))).json()
+
+    assert [o["id"] for o in whole["items"]] == newest_first
+    assert whole["next_cursor"] is None, "exactly a page left is the last page"
+    assert [o["id"] for o in first["items"] + second["items"] + third["items"]] == newest_first
+    assert first["next_cursor"]
+    assert second["next_cursor"]
+    assert third["next_cursor"] is None
+    assert third["limit"] == 2
+    assert newer not in [o["id"] for o in second["items"] + third["items"]]
     assert [o["id"] for o in out_of_stock["items"]] == [ids[0]]
     bad_status = await api.get("/orders", params={"status": "shipped"})
     assert bad_status.status_code == 422
 
 
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "not a cursor",
+        urlsafe_base64("not a cursor"),
+        urlsafe_base64(f"1700000000000000.{'0' * 31}"),  # an order id one digit short
+        urlsafe_base64(f"{10**18}.{uuid4().hex}"),  # a time past any datetime
+        "x" * 201,
+    ],
+)
+async def test_a_cursor_the_api_did_not_give_out_is_422_saying_so(
+    api: httpx.AsyncClient, cursor: str
+) -> None:
+    response = await api.get("/orders", params={"cursor": cursor})
+
+    assert response.status_code == 422, response.text
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["query", "cursor"]
+    assert "next_cursor" in problem["msg"], problem
+
+
+async def test_an_offset_is_refused_with_a_pointer_to_the_cursor(api: httpx.AsyncClient) -> None:
+    response = await api.get("/orders", params={"offset": 50})
+
+    assert response.status_code == 422
+    assert "cursor" in str(response.json()["detail"])
+    assert "next_cursor" in str(response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("only", "index"),
+    [
+        ("every order", "orders_created_at_idx"),
+        ("one customer", "orders_customer_idx"),
+        ("one API key", "orders_api_key_idx"),
+    ],
+)
+async def test_a_page_after_a_cursor_is_read_in_index_order_from_the_cursor_on(
+    pool: asyncpg.Pool, only: str, index: str
+) -> None:
+    customer = "C100" if only == "one customer" else None
+    key = 1 if only == "one API key" else None
+    async with pool.acquire() as conn, conn.transaction():
+        # The test database is small enough for a sequential scan, or a bitmap scan of the few
+        # matching rows and a sort, to look cheaper: what is checked is that the index can give
+        # the page in order from the cursor on, as it must on a large table.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        rows = await conn.fetch(
+            f"EXPLAIN {store.LIST_ORDERS}", customer, None, key, datetime.now(UTC), uuid4(), 51
+        )
+    plan = "\n".join(row[0] for row in rows)
+
+    assert f"Index Scan using {index} on orders" in plan, plan
+    assert "Index Cond: " in plan, plan
+    assert "ROW(created_at, id) < ROW(" in plan, plan
+    assert "Sort" not in plan, plan
+
+
 async def test_an_unknown_misspelt_or_repeated_filter_of_the_order_list_is_422(
     api: httpx.AsyncClient,
 ) -> None:
-    for params in ({"customer": "C100"}, {"": "x"}, {"limit": "0"}, {"limit": "201"}):
+    # A NUL is no text PostgreSQL can compare: refused as input, not a 500 from the database.
+    for params in (
+        {"customer": "C100"},
+        {"": "x"},
+        {"limit": "0"},
+        {"limit": "201"},
+        {"customer_id": "C\x00"},
+    ):
         response = await api.get("/orders", params=params)
         assert response.status_code == 422, params
         assert response.json()["detail"]

@@ -448,14 +448,17 @@ def test_the_api_requires_keys_and_listens_on_the_pods_address() -> None:
         assert settings.api_host == "0.0.0.0"  # noqa: S104
 
 
-def test_the_rate_limit_per_key_is_the_same_whatever_the_number_of_api_replicas() -> None:
-    single_process = Settings.model_fields["rate_limit_orders_per_second"].default
+@pytest.mark.parametrize("limit", ["rate_limit_orders_per_second", "rate_limit_reads_per_second"])
+def test_the_rate_limit_per_key_is_the_same_whatever_the_number_of_api_replicas(
+    limit: str,
+) -> None:
+    single_process = Settings.model_fields[limit].default
     for name in OVERLAYS:
         documents = overlay(name)
         api = of_kind(documents, "Deployment")["api"]
         settings = settings_of(main_container(api), documents)
 
-        assert settings.rate_limit_orders_per_second * api["spec"]["replicas"] == single_process
+        assert getattr(settings, limit) * api["spec"]["replicas"] == single_process
 
 
 # --- probes, resources, disruption, shutdown ------------------------------------------------------

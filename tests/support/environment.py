@@ -71,11 +71,12 @@ class TestEnvironment:
             RABBITMQ_URL=self.rabbitmq_url,
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
-            # The end-to-end and fault tests place orders as the quick start does, with no key,
-            # hundreds a second from one address: without these the API would answer them 401 and
-            # then 429. The tests of keys and limits (test_api_security.py) turn them back on.
+            # The end-to-end and fault tests place and read orders as the quick start does, with no
+            # key, hundreds a second from one address: without these the API would answer them 401
+            # and then 429. The tests of keys and limits (test_api_security.py) turn them back on.
             AUTH_DISABLED="1",
             RATE_LIMIT_ORDERS_PER_SECOND="0",
+            RATE_LIMIT_READS_PER_SECOND="0",
             # No worker metrics servers unless a test asks for them (the system fixture gives each
             # worker a free port): two copies of a service, or a system running on this machine,
             # would fight over the default ports.

@@ -8,10 +8,11 @@ import logging
 import re
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from acme_orders.core.settings import Settings
 
@@ -29,10 +30,11 @@ _MIGRATION_LOCK_KEY = 0x0ACE_0DE5
 # away, starting, shutting down or failing over (class 08 connection exceptions, 57P01-57P03
 # operator intervention, 25006 a read-only transaction on a server that just stopped being the
 # primary), overloaded (class 53: too many connections, out of memory or disk), or it chose this
-# transaction as a deadlock or serialization victim (40P01, 40001). Retried, the same work
-# succeeds once the cause has passed.
+# transaction as a deadlock or serialization victim (40P01, 40001), or cancelled the statement
+# (57014: it ran past statement_timeout, waiting for a lock as a rule, or an operator cancelled
+# it). Retried, the same work succeeds once the cause has passed.
 TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
-TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006", "40001", "40P01"})
+TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014", "25006", "40001", "40P01"})
 
 
 def is_transient(error: BaseException) -> bool:
@@ -50,21 +52,58 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
+class BoundedWaitPool(asyncpg.Pool):
+    """asyncpg's pool, but `acquire()` (and with it `fetch`, `execute`...) waits for a free
+    connection at most `acquire_timeout` seconds, then raises TimeoutError; asyncpg's own waits
+    without limit unless each call says otherwise. None: without limit, as asyncpg does."""
+
+    __slots__ = ("_acquire_timeout",)
+
+    def __init__(self, dsn: str, *, acquire_timeout: float | None, **options: Any) -> None:
+        self._acquire_timeout = acquire_timeout
+        super().__init__(dsn, **options)
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int | None = None
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    acquire_timeout: float | None = None,
+    statement_timeout: float | None = None,
 ) -> asyncpg.Pool:
     """A pool of connections; with min_size=0 it opens none up front, so it can be created while
-    the database is down (the API starts anyway and answers 503 until the database is back)."""
-    pool = await asyncpg.create_pool(
+    the database is down (the API starts anyway and answers 503 until the database is back).
+
+    `acquire_timeout`: seconds a caller waits for a free connection (None: as long as it takes).
+    `statement_timeout`: seconds the server lets each statement run, lock waits included, before
+    it cancels it (SQLSTATE 57014); None: the server's own setting."""
+    server_settings = (
+        {"statement_timeout": f"{max(1, round(statement_timeout * 1000))}ms"}
+        if statement_timeout is not None
+        else None
+    )
+    pool = BoundedWaitPool(
         settings.database_url,
+        acquire_timeout=acquire_timeout,
         reset=_keep_session,
         min_size=min_size,
         max_size=max_size or settings.db_pool_size,
+        # asyncpg.create_pool's defaults, which its Pool class wants spelt out.
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         # A dead server must not hang a request or a handler forever.
         timeout=10,
         command_timeout=30,
+        server_settings=server_settings,
     )
-    assert pool is not None
+    await pool
     return pool
 
 

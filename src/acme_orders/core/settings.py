@@ -99,6 +99,50 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="POST /orders one key may send at once on top of the steady rate.",
     )
+    rate_limit_reads_per_second: float = Field(
+        100.0,
+        ge=0,
+        description=(
+            "Steady rate of reads (GET /orders, /orders/{id}, /orders/{id}/events, /products) "
+            "allowed to one API key (to one client address when AUTH_DISABLED), counted in each "
+            "API process apart from POST /orders; beyond it 429. 0 turns the limit off."
+        ),
+    )
+    rate_limit_reads_burst: int = Field(
+        200,
+        ge=1,
+        le=1_000_000,
+        description="Reads one key may send at once on top of the steady rate.",
+    )
+    api_db_acquire_timeout: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds an API request waits for a free connection of its pool (DB_POOL_SIZE) before "
+            "it is answered 503 with Retry-After, instead of queueing without limit."
+        ),
+    )
+    api_statement_timeout: float = Field(
+        5.0,
+        ge=0.001,
+        le=3600,
+        description=(
+            "Seconds PostgreSQL lets one statement of the API run, waiting for locks included "
+            "(its statement_timeout); a statement past it is cancelled, nothing it would have "
+            "stored is, and the request is answered 503 with Retry-After."
+        ),
+    )
+    api_limit_concurrency: int = Field(
+        1000,
+        ge=2,
+        le=1_000_000,
+        description=(
+            "Connections and requests in progress one API process takes on (uvicorn's "
+            "limit_concurrency); a request that arrives while this many are open, its own "
+            "included, is answered 503 at once."
+        ),
+    )
     prefetch_count: int = Field(
         32,
         ge=1,

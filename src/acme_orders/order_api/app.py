@@ -45,7 +45,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings, min_size=0)
+        # Every request waits a bounded time for a connection and each statement a bounded time
+        # for the server: past either the answer is a 503 (database_unavailable), so that an
+        # overload or a held lock turns into quick refusals the client retries, not a queue.
+        app.state.pool = await create_pool(
+            settings,
+            min_size=0,
+            acquire_timeout=settings.api_db_acquire_timeout,
+            statement_timeout=settings.api_statement_timeout,
+        )
         app.state.api_keys = ApiKeyCache(app.state.pool, settings.api_key_cache_ttl)
         app.state.price_book = PriceBook()
         log_access_policy(settings)
@@ -72,6 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.order_rate_limit = (
         TokenBucketLimiter(settings.rate_limit_orders_per_second, settings.rate_limit_burst)
         if settings.rate_limit_orders_per_second > 0
+        else None
+    )
+    app.state.read_rate_limit = (
+        TokenBucketLimiter(settings.rate_limit_reads_per_second, settings.rate_limit_reads_burst)
+        if settings.rate_limit_reads_per_second > 0
         else None
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
@@ -114,15 +127,42 @@ def log_access_policy(settings: Settings) -> None:
         )
     else:
         logger.info("POST /orders is not rate limited (RATE_LIMIT_ORDERS_PER_SECOND=0)")
+    if settings.rate_limit_reads_per_second > 0:
+        logger.info(
+            "reads limited to %g/s per %s (bursts of %d), in this process",
+            settings.rate_limit_reads_per_second,
+            "client address" if settings.auth_disabled else "API key",
+            settings.rate_limit_reads_burst,
+        )
+    else:
+        logger.info("reads are not rate limited (RATE_LIMIT_READS_PER_SECOND=0)")
 
 
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     if not is_transient(exc):
         # Not an outage: a bug or a broken schema, answered 500 like any other error.
         raise exc
-    logger.warning("database unavailable: %r", exc)
+    logger.warning("database unavailable: %s", describe_unavailable(exc))
     return JSONResponse(
-        {"detail": "the database is unavailable; nothing was stored, try again shortly"},
+        {"detail": UNAVAILABLE},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": "1"},
     )
+
+
+UNAVAILABLE = (
+    "the database is unavailable or busy; nothing was stored. Retry after Retry-After seconds; "
+    "retry POST /orders with the same Idempotency-Key, so that it is placed once"
+)
+
+
+def describe_unavailable(exc: Exception) -> str:
+    """What an operator needs from the log line: a bare TimeoutError says nothing by itself."""
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return f"statement cancelled after API_STATEMENT_TIMEOUT or by an operator ({exc})"
+    if type(exc) is TimeoutError:
+        return (
+            "timed out: no database connection came free within API_DB_ACQUIRE_TIMEOUT "
+            "(every one of DB_POOL_SIZE busy), or connecting or a query took too long"
+        )
+    return repr(exc)

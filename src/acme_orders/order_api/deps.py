@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from acme_orders.ops.api_keys import Scope
 from acme_orders.order_api import store
 from acme_orders.order_api.request_context import SCOPE_KEY
-from acme_orders.order_api.security import Caller, limit_order_rate, require_scope
+from acme_orders.order_api.security import Caller, limit_order_rate, limit_read_rate, require_scope
 
 
 # async: FastAPI runs a plain `def` dependency in a thread pool, a thread hop on every request.
@@ -43,7 +43,7 @@ RequestId = Annotated[str, Depends(get_request_id)]
 
 
 OrderPlacer = Annotated[Caller, Depends(limit_order_rate)]
-# Reads orders (an orders:write key only its own) and the catalogue.
-Reader = Annotated[Caller, Depends(require_scope(Scope.ORDERS_WRITE, Scope.ADMIN))]
+# Reads orders (an orders:write key only its own) and the catalogue, rate limited.
+Reader = Annotated[Caller, Depends(limit_read_rate)]
 # The board and the API's metrics: what only an operator may see.
 Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]

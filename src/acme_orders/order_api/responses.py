@@ -20,11 +20,19 @@ _PROBLEMS: dict[int, dict[str, Any]] = {
     413: {"description": "The body is larger than MAX_REQUEST_BYTES."},
     422: {"description": "The request is not valid; `detail` says why."},
     429: {
-        "description": "Too many orders from this API key; try again after Retry-After seconds.",
+        "description": (
+            "Too many requests of this kind (orders, or reads) from this API key; try again after "
+            "Retry-After seconds."
+        ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
     503: {
-        "description": "The database is unavailable; nothing was stored.",
+        "description": (
+            "The database is unavailable or busy (no connection came free within "
+            "API_DB_ACQUIRE_TIMEOUT, or a statement ran past API_STATEMENT_TIMEOUT); nothing was "
+            "stored. Try again after Retry-After seconds. Past API_LIMIT_CONCURRENCY the server "
+            "itself answers 503 in plain text, without Retry-After: wait a second."
+        ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
 }

@@ -7,10 +7,19 @@ from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from acme_orders.core.events import MAX_LINES, MAX_QTY
 from acme_orders.core.orders import OrderStatus
+from acme_orders.order_api.paging import FIRST_PAGE, Position, position_of
 
 # Bounds that keep a request sane and every value inside its column; the events the order becomes
 # are held to the same ones.
@@ -71,10 +80,43 @@ class OrderQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: Annotated[str | None, Field(max_length=64)] = None
+    # Text a customer id can be (no control characters, which PostgreSQL refuses in a string).
+    customer_id: Annotated[str | None, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")] = None
     status: OrderStatus | None = None
-    limit: Annotated[int, Field(ge=1, le=200)] = 50
-    offset: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    limit: Annotated[int, Field(ge=1, le=200, description="Most orders on the page.")] = 50
+    cursor: Annotated[
+        str | None,
+        Field(
+            description=(
+                "Where the page starts: the `next_cursor` of the page before, as it is. Without "
+                "it, the newest orders."
+            )
+        ),
+    ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def no_offset(cls, query: Any) -> Any:
+        # `offset` paged the list before the cursor did: tell a client that still sends it what
+        # to send instead, rather than only that the parameter is unknown.
+        if isinstance(query, dict) and "offset" in query:
+            raise ValueError(
+                "offset is no longer supported: the list pages with a cursor; pass the "
+                "next_cursor of a page as `cursor` to get the next one"
+            )
+        return query
+
+    @field_validator("cursor")
+    @classmethod
+    def a_cursor_this_api_gave_out(cls, cursor: str | None) -> str | None:
+        if cursor is not None:
+            position_of(cursor)
+        return cursor
+
+    @property
+    def after(self) -> Position:
+        """Where the page starts: after the order the cursor names, or before every order."""
+        return FIRST_PAGE if self.cursor is None else position_of(self.cursor)
 
 
 class OrderLineOut(BaseModel):
@@ -96,10 +138,15 @@ class OrderOut(BaseModel):
 
 
 class OrderPage(BaseModel):
-    items: list[OrderOut]
+    items: list[OrderOut] = Field(description="Newest first.")
     limit: int
-    offset: int
-    next_offset: int | None = Field(description="Offset of the next page; null on the last one.")
+    next_cursor: str | None = Field(
+        description=(
+            "Pass it as `cursor` for the next page, the orders older than this one's; null on the "
+            "last page. Orders placed meanwhile do not shift the pages: they come before the "
+            "first one."
+        )
+    )
 
 
 class ProductOut(BaseModel):

@@ -1,9 +1,9 @@
-"""Who may call the API: API keys as `Authorization: Bearer KEY`, their scopes, and the rate limit
-on placing orders.
+"""Who may call the API: API keys as `Authorization: Bearer KEY`, their scopes, and the rate limits
+on placing orders and on reading, each a bucket of its own.
 
 401 (with `WWW-Authenticate: Bearer`) for a missing, unknown or revoked key; 403 for a key whose
 scope does not allow the operation; 429 with `Retry-After` for a key over its rate. With
-AUTH_DISABLED every request is let in as if it had every scope, and the rate limit counts by the
+AUTH_DISABLED every request is let in as if it had every scope, and the rate limits count by the
 client's address instead of its key.
 """
 
@@ -105,20 +105,34 @@ def require_scope(*allowed: Scope) -> Callable[..., Awaitable[Caller]]:
     return check_scope
 
 
-async def limit_order_rate(
-    request: Request, caller: Annotated[Caller, Depends(require_scope(Scope.ORDERS_WRITE))]
-) -> Caller:
-    limiter: TokenBucketLimiter | None = request.app.state.order_rate_limit
+def take_token(request: Request, caller: Caller, limit: str, what: str) -> Caller:
+    """The caller, if it has a token left in the bucket of `app.state.<limit>` (None: no limit);
+    otherwise 429 with Retry-After, saying too many `what`."""
+    limiter: TokenBucketLimiter | None = getattr(request.app.state, limit)
     if limiter is not None:
         wait = limiter.take(caller.client)
         if wait > 0:
+            who = "API key" if caller.key else "client address"
             raise HTTPException(
                 status.HTTP_429_TOO_MANY_REQUESTS,
-                "too many orders from this API key; retry after the time in Retry-After",
+                f"too many {what} from this {who}; retry after the time in Retry-After",
                 # Whole seconds, as HTTP has it; never 0, which would invite an immediate retry.
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
     return caller
 
 
-# Places orders: orders:write only (an admin key reads, it does not shop), rate limited.
+async def limit_order_rate(
+    request: Request, caller: Annotated[Caller, Depends(require_scope(Scope.ORDERS_WRITE))]
+) -> Caller:
+    """Places orders: orders:write only (an admin key reads, it does not shop), rate limited."""
+    return take_token(request, caller, "order_rate_limit", "orders")
+
+
+async def limit_read_rate(
+    request: Request,
+    caller: Annotated[Caller, Depends(require_scope(Scope.ORDERS_WRITE, Scope.ADMIN))],
+) -> Caller:
+    """Reads orders (an orders:write key only its own) and the catalogue, rate limited in a
+    bucket apart from placing orders: a client polling its orders does not use up its orders."""
+    return take_token(request, caller, "read_rate_limit", "reads")

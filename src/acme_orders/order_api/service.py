@@ -56,6 +56,9 @@ def run() -> int:
         http="httptools",
         access_log=False,
         log_config=None,
+        # A bound on the work this process takes on: past it uvicorn answers 503 at once, before
+        # the app, rather than letting requests pile up in memory and wait for the pool.
+        limit_concurrency=settings.api_limit_concurrency,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
     return 0

@@ -13,10 +13,12 @@ from uuid import UUID
 
 import asyncpg
 
+from acme_orders.core.database import Connection
 from acme_orders.core.events import OrderLine, OrderPlaced
 from acme_orders.core.observability import tracing
 from acme_orders.core.orders import OrderStatus
 from acme_orders.core.outbox import EVENT_COLUMNS
+from acme_orders.order_api.paging import Position
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
 
 ORDER_COLUMNS = "id, customer_id, email, status, total, created_at, updated_at"
@@ -250,16 +252,39 @@ async def get_order(
     pool: asyncpg.Pool, order_id: UUID, only_of: int | None = None
 ) -> OrderOut | None:
     """The order; with `only_of`, only if the API key of that id placed it."""
-    orders = await _with_items(
-        pool,
-        f"""
-        SELECT {ORDER_COLUMNS} FROM orders
-        WHERE id = $1 AND ($2::bigint IS NULL OR api_key_id = $2)
-        """,
-        order_id,
-        only_of,
-    )
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            f"""
+            SELECT {ORDER_COLUMNS} FROM orders
+            WHERE id = $1 AND ($2::bigint IS NULL OR api_key_id = $2)
+            """,
+            order_id,
+            only_of,
+        )
+        orders = await _with_items(conn, rows)
     return orders[0] if orders else None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderList:
+    orders: list[OrderOut]
+    # Where the next page starts; None: this is the last page.
+    next_page_after: Position | None
+
+
+# Newest first, from just after a position ($4, $5): a row comparison that the indexes on
+# (..., created_at DESC, id DESC) answer with one range scan, however far down the list the page
+# is (db/006_keyset_order_list.sql). The first page starts after paging.FIRST_PAGE, so that
+# every page is this one statement, its position always an index condition.
+LIST_ORDERS = f"""
+SELECT {ORDER_COLUMNS} FROM orders
+WHERE ($1::text IS NULL OR customer_id = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::bigint IS NULL OR api_key_id = $3)
+  AND (created_at, id) < ($4::timestamptz, $5::uuid)
+ORDER BY created_at DESC, id DESC
+LIMIT $6
+"""
 
 
 async def list_orders(
@@ -268,27 +293,26 @@ async def list_orders(
     customer_id: str | None,
     status: OrderStatus | None,
     limit: int,
-    offset: int,
+    after: Position,
     only_of: int | None = None,
-) -> list[OrderOut]:
-    """Newest first; a filter left as None matches every order. `only_of`: the orders placed by
-    the API key of that id."""
-    return await _with_items(
-        pool,
-        f"""
-        SELECT {ORDER_COLUMNS} FROM orders
-        WHERE ($1::text IS NULL OR customer_id = $1)
-          AND ($2::text IS NULL OR status = $2)
-          AND ($5::bigint IS NULL OR api_key_id = $5)
-        ORDER BY created_at DESC, id
-        LIMIT $3 OFFSET $4
-        """,
-        customer_id,
-        status.value if status else None,
-        limit,
-        offset,
-        only_of,
-    )
+) -> OrderList:
+    """Up to `limit` orders older than `after`, newest first; a filter left as None matches every
+    order. `only_of`: the orders placed by the API key of that id."""
+    async with pool.acquire() as conn:
+        # One row more than the page: whether there is a next page, without asking for it.
+        rows = await conn.fetch(
+            LIST_ORDERS,
+            customer_id,
+            status.value if status else None,
+            only_of,
+            after.created_at,
+            after.order_id,
+            limit + 1,
+        )
+        page = rows[:limit]
+        orders = await _with_items(conn, page)
+    last = page[-1] if len(rows) > limit else None
+    return OrderList(orders, Position(last["created_at"], last["id"]) if last else None)
 
 
 async def list_products(pool: asyncpg.Pool) -> list[ProductOut]:
@@ -296,20 +320,19 @@ async def list_products(pool: asyncpg.Pool) -> list[ProductOut]:
     return [ProductOut(**dict(r)) for r in rows]
 
 
-async def _with_items(pool: asyncpg.Pool, query: str, *args: object) -> list[OrderOut]:
-    async with pool.acquire() as conn:
-        orders = await conn.fetch(query, *args)
-        if not orders:
-            return []
-        lines: dict[UUID, list[OrderLineOut]] = defaultdict(list)
-        for r in await conn.fetch(
-            """
-            SELECT order_id, sku, qty, unit_price FROM order_items
-            WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, sku
-            """,
-            [o["id"] for o in orders],
-        ):
-            lines[r["order_id"]].append(_line_out(r["sku"], r["qty"], r["unit_price"]))
+async def _with_items(conn: Connection, orders: Sequence[asyncpg.Record]) -> list[OrderOut]:
+    """The orders of these rows, with their lines."""
+    if not orders:
+        return []
+    lines: dict[UUID, list[OrderLineOut]] = defaultdict(list)
+    for r in await conn.fetch(
+        """
+        SELECT order_id, sku, qty, unit_price FROM order_items
+        WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, sku
+        """,
+        [o["id"] for o in orders],
+    ):
+        lines[r["order_id"]].append(_line_out(r["sku"], r["qty"], r["unit_price"]))
     return [_order_out(o, lines[o["id"]]) for o in orders]
 
 

@@ -13,6 +13,7 @@ from acme_orders.core.observability.metrics import EVENTS_EMITTED
 from acme_orders.ops.privacy import mask_emails_in
 from acme_orders.order_api import store
 from acme_orders.order_api.deps import OrderPlacer, Pool, Prices, Reader, RequestId
+from acme_orders.order_api.paging import cursor_after
 from acme_orders.order_api.responses import problems
 from acme_orders.order_api.schemas import (
     OrderOut,
@@ -61,8 +62,11 @@ IdempotencyKey = Annotated[
                 "`detail` says why."
             ),
             503: (
-                "The database is unavailable, or the prices of the order's products kept "
-                "changing while it was placed; nothing was stored, try again."
+                "The database is unavailable or busy (no connection came free in time, a "
+                "statement ran past its timeout, the API took on all it can), or the prices of the "
+                "order's products kept changing while it was placed. Nothing was stored: retry "
+                "after Retry-After seconds with the same Idempotency-Key, which places the order "
+                "once however many times it is sent."
             ),
         },
     ),
@@ -110,7 +114,7 @@ async def place_order(
     return order
 
 
-@orders.get("/{order_id}", responses=problems(401, 403, 404, 422, 503))
+@orders.get("/{order_id}", responses=problems(401, 403, 404, 422, 429, 503))
 async def get_order(order_id: UUID, pool: Pool, caller: Reader) -> OrderOut:
     """The order. An orders:write key reads only the orders it placed: another's is a 404, as
     if it did not exist, so that order ids cannot be probed."""
@@ -134,25 +138,32 @@ async def single_valued_query(request: Request) -> None:
 
 @orders.get(
     "",
-    responses=problems(401, 403, 422, 503),
+    responses=problems(
+        401,
+        403,
+        422,
+        429,
+        503,
+        saying={422: "A filter is not valid, or the cursor is not one this API gave out."},
+    ),
     dependencies=[Depends(single_valued_query)],
 )
 async def list_orders(
     pool: Pool, caller: Reader, query: Annotated[OrderQuery, Query()]
 ) -> OrderPage:
-    """Orders, newest first, optionally for one customer and/or in one status. An orders:write
-    key sees only the orders it placed; an admin key sees all."""
+    """Orders, newest first, optionally for one customer and/or in one status, a page at a time:
+    pass a page's `next_cursor` as `cursor` for the next one. An orders:write key sees only the
+    orders it placed; an admin key sees all."""
     page = await store.list_orders(
         pool,
         customer_id=query.customer_id,
         status=query.status,
         limit=query.limit,
-        offset=query.offset,
+        after=query.after,
         only_of=caller.only_orders_of,
     )
     return OrderPage(
-        items=page,
+        items=page.orders,
         limit=query.limit,
-        offset=query.offset,
-        next_offset=query.offset + query.limit if len(page) == query.limit else None,
+        next_cursor=cursor_after(page.next_page_after) if page.next_page_after else None,
     )

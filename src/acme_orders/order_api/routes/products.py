@@ -12,7 +12,7 @@ from acme_orders.order_api.schemas import ProductOut
 products = APIRouter(prefix="/products", tags=["products"])
 
 
-@products.get("", responses=problems(401, 403, 503))
+@products.get("", responses=problems(401, 403, 429, 503))
 async def list_products(pool: Pool, _caller: Reader) -> list[ProductOut]:
     """The catalogue with current stock; any key may read it."""
     return await store.list_products(pool)

@@ -14,7 +14,7 @@ from acme_orders.order_api.schemas import EventHandling, OrderEventOut, OrderTim
 timeline = APIRouter(prefix="/orders", tags=["orders"])
 
 
-@timeline.get("/{order_id}/events", responses=problems(401, 403, 404, 422, 503))
+@timeline.get("/{order_id}/events", responses=problems(401, 403, 404, 422, 429, 503))
 async def get_order_events(order_id: UUID, pool: Pool, caller: Reader) -> OrderTimeline:
     """Every event of the order in causal order: its type and routing key, the service that
     emitted it, when it occurred and was published, and when each consuming service handled it.
