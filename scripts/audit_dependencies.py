@@ -1,14 +1,28 @@
-"""Audit the runtime dependencies for known vulnerabilities, with pip-audit.
+"""Audit the runtime dependencies for known vulnerabilities: online with pip-audit, else against a
+dated snapshot of the PyPA advisory database.
 
 What is audited is what the services run with: the dependencies of acme-orders (not its dev
 extras) as installed from the pins in pyproject.toml, and everything they pulled in, each at its
-installed version. The build fails (exit 1) on a known vulnerability that has a fixed release:
-bump the pin (or the package that pulls it in). A vulnerability with no fix yet is reported and
-does not fail the build: there is nothing to bump to. A dependency the vulnerability service could
-not look up is reported as NOT audited.
+installed version. Each is audited by the vulnerability service pip-audit asks (PyPI's) when it
+answers for it, else by the advisory snapshot (scripts/refresh_advisories.py makes it). The build
+fails (exit 1):
 
-    python scripts/audit_dependencies.py              # run pip-audit and judge its report
+- on a known vulnerability that has a fixed release: bump the pin (or the package that pulls it
+  in). One with no fix yet is reported and does not fail the build: there is nothing to bump to.
+- when a dependency could be audited neither way. The service could not, if it did not answer,
+  or answered that it does not know the package; the snapshot could not, if there is none, if it
+  was made before the dependency was (it lists the packages it was made for), or if one of the
+  package's records cannot be judged against the installed version (a version that is not PEP
+  440, a record that names commits only). A package the snapshot was made for and holds no
+  record of has no known advisory as of the snapshot's date: audited.
+
+A snapshot older than MAX_SNAPSHOT_AGE is reported loudly each time it is used: what was
+published since is unknown to it.
+
+    python scripts/audit_dependencies.py              # pip-audit, then the snapshot for the rest
+    python scripts/audit_dependencies.py --offline    # the snapshot alone
     python scripts/audit_dependencies.py --report F   # judge a pip-audit JSON report instead
+    python scripts/audit_dependencies.py --installed F    # audit these name==version lines
     python scripts/audit_dependencies.py --requirements   # print what would be audited
 """
 
@@ -19,16 +33,28 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from advisory_ranges import UndecidableError, finding
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = "acme-orders"
+ROOT = Path(__file__).resolve().parents[1]
+# Where the snapshot is kept: in shared/, beside the repository (a copy of it sits beside every
+# clone CI makes), not in the repository itself.
+DEFAULT_SNAPSHOT = ROOT.parent / "shared" / "advisories" / "pypa-advisory-database.json"
+MAX_SNAPSHOT_AGE = timedelta(days=90)
+# pip-audit's socket timeout, and how long it may take in all: a service that does not answer
+# must not hold the build up, the snapshot is there for that.
+SERVICE_TIMEOUT = 10
+PIP_AUDIT_TIMEOUT = 120
 
 
 def runtime_requirements(project: str = PROJECT) -> dict[str, str]:
@@ -56,33 +82,66 @@ def runtime_requirements(project: str = PROJECT) -> dict[str, str]:
     return found
 
 
+def read_installed(path: Path) -> dict[str, str]:
+    """name==version lines (as --requirements prints them); blank lines and # comments aside."""
+    installed: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, separator, version = line.partition("==")
+        if not separator or not name.strip() or not version.strip():
+            raise SystemExit(f"{path}:{number}: {line!r} is not name==version")
+        installed[canonicalize_name(name.strip())] = version.strip()
+    return installed
+
+
+@dataclass(frozen=True, slots=True)
+class Vulnerability:
+    advisory: str
+    fixed_in: tuple[str, ...]
+
+
 @dataclass
 class Verdict:
-    fixable: list[str] = field(default_factory=list)
-    unfixable: list[str] = field(default_factory=list)
-    not_audited: list[str] = field(default_factory=list)
-    audited: int = 0
+    """What the audit found, dependency by dependency."""
+
+    by_service: dict[str, list[Vulnerability]] = field(default_factory=dict)
+    by_snapshot: dict[str, list[Vulnerability]] = field(default_factory=dict)
+    # name -> why neither way could audit it
+    not_audited: dict[str, str] = field(default_factory=dict)
+
+    def vulnerabilities(self) -> list[tuple[str, Vulnerability]]:
+        return [
+            (name, vulnerability)
+            for audited in (self.by_service, self.by_snapshot)
+            for name, found in sorted(audited.items())
+            for vulnerability in found
+        ]
 
 
-def judge(report: dict[str, Any]) -> Verdict:
-    verdict = Verdict()
+def judge_report(
+    report: Mapping[str, Any],
+) -> tuple[dict[str, list[Vulnerability]], dict[str, str]]:
+    """A pip-audit JSON report: what it audited (name -> vulnerabilities) and what it skipped
+    (name -> why)."""
+    audited: dict[str, list[Vulnerability]] = {}
+    skipped: dict[str, str] = {}
     for dependency in report.get("dependencies", []):
-        package = " ".join(str(dependency[key]) for key in ("name", "version") if key in dependency)
+        name = canonicalize_name(str(dependency["name"]))
         if "skip_reason" in dependency:
-            verdict.not_audited.append(f"{package}: {dependency['skip_reason']}")
+            skipped[name] = str(dependency["skip_reason"])
             continue
-        verdict.audited += 1
-        for vulnerability in dependency.get("vulns", []):
-            fixes = vulnerability.get("fix_versions") or []
-            line = f"{package}: {vulnerability['id']}"
-            if fixes:
-                verdict.fixable.append(f"{line}, fixed in {', '.join(fixes)}")
-            else:
-                verdict.unfixable.append(f"{line}, no fix released yet")
-    return verdict
+        audited[name] = [
+            Vulnerability(str(v["id"]), tuple(str(f) for f in v.get("fix_versions") or []))
+            for v in dependency.get("vulns", [])
+        ]
+    return audited, skipped
 
 
-def run_pip_audit(requirements: dict[str, str]) -> dict[str, Any]:
+def run_pip_audit(requirements: Mapping[str, str]) -> dict[str, Any]:
+    """pip-audit's report on exactly these versions; when it cannot run or gives no report,
+    every dependency skipped with the reason."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pinned:
         pinned.write("".join(f"{name}=={version}\n" for name, version in requirements.items()))
     try:
@@ -100,19 +159,22 @@ def run_pip_audit(requirements: dict[str, str]) -> dict[str, Any]:
                 "json",
                 "--progress-spinner",
                 "off",
+                "--timeout",
+                str(SERVICE_TIMEOUT),
             ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=PIP_AUDIT_TIMEOUT,
             check=False,
         )
+        stdout, detail = result.stdout, " ".join(result.stderr.split())[-500:]
+    except subprocess.TimeoutExpired:
+        stdout, detail = "", f"no answer within {PIP_AUDIT_TIMEOUT}s"
     finally:
         Path(pinned.name).unlink()
     try:
-        report: dict[str, Any] = json.loads(result.stdout)
+        report: dict[str, Any] = json.loads(stdout)
     except json.JSONDecodeError:
-        # pip-audit could not run at all (no network, say): nothing was audited.
-        detail = " ".join(result.stderr.split())[-500:]
         return {
             "dependencies": [
                 {"name": name, "version": version, "skip_reason": f"pip-audit failed: {detail}"}
@@ -122,28 +184,138 @@ def run_pip_audit(requirements: dict[str, str]) -> dict[str, Any]:
     return report
 
 
-def report_and_exit_code(verdict: Verdict) -> int:
-    for line in verdict.fixable:
-        print(f"VULNERABLE  {line}")
-    for line in verdict.unfixable:
-        print(f"warning     {line}")
+class SnapshotError(Exception):
+    """There is no snapshot to audit with, or it is not one."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Records of the PyPA advisory database for a set of packages, as of a commit of it."""
+
+    date: datetime
+    commit: str
+    packages: frozenset[str]
+    advisories: Mapping[str, list[Mapping[str, Any]]]
+
+    @classmethod
+    def load(cls, path: Path) -> Snapshot:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                date=datetime.fromisoformat(data["date"]),
+                commit=str(data["commit"]),
+                packages=frozenset(canonicalize_name(p) for p in data["packages"]),
+                advisories={canonicalize_name(k): v for k, v in data["advisories"].items()},
+            )
+        except FileNotFoundError:
+            raise SnapshotError(
+                f"no advisory snapshot at {path}: make one with scripts/refresh_advisories.py"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SnapshotError(f"{path} is not an advisory snapshot ({exc!r})") from None
+
+    def describe(self) -> str:
+        return f"pypa/advisory-database of {self.date:%Y-%m-%d} ({self.commit[:12]})"
+
+
+def audit_with_snapshot(
+    installed: Mapping[str, str], snapshot: Snapshot
+) -> tuple[dict[str, list[Vulnerability]], dict[str, str]]:
+    """What the snapshot says of each installed package (name -> vulnerabilities), and what it
+    cannot say (name -> why)."""
+    audited: dict[str, list[Vulnerability]] = {}
+    undecided: dict[str, str] = {}
+    for name, version in installed.items():
+        if name not in snapshot.packages:
+            undecided[name] = (
+                "the advisory snapshot was not made for it (run scripts/refresh_advisories.py)"
+            )
+            continue
+        try:
+            found = [finding(name, version, record) for record in snapshot.advisories.get(name, [])]
+        except UndecidableError as exc:
+            undecided[name] = f"the advisory snapshot cannot judge {version}: {exc}"
+            continue
+        audited[name] = [Vulnerability(f.advisory, f.fixed_in) for f in found if f is not None]
+    return audited, undecided
+
+
+def audit(
+    installed: Mapping[str, str],
+    report: Mapping[str, Any] | None,
+    snapshot_path: Path,
+) -> tuple[Verdict, Snapshot | None]:
+    """The service's report first (None: not asked), then the snapshot for what it left."""
+    verdict = Verdict()
+    left = dict(installed)
+    service_said: dict[str, str] = {}
+    if report is not None:
+        by_service, skipped = judge_report(report)
+        verdict.by_service = {n: v for n, v in by_service.items() if n in installed}
+        left = {n: v for n, v in installed.items() if n not in verdict.by_service}
+        service_said = {n: skipped.get(n, "not in its report") for n in left}
+    if not left:
+        return verdict, None
+    try:
+        snapshot = Snapshot.load(snapshot_path)
+    except SnapshotError as exc:
+        verdict.not_audited = {n: _both(service_said.get(n), str(exc)) for n in left}
+        return verdict, None
+    verdict.by_snapshot, undecided = audit_with_snapshot(left, snapshot)
+    verdict.not_audited = {n: _both(service_said.get(n), why) for n, why in undecided.items()}
+    return verdict, snapshot
+
+
+def _both(service: str | None, snapshot: str) -> str:
+    return f"service: {service}; snapshot: {snapshot}" if service else f"snapshot: {snapshot}"
+
+
+def report_and_exit_code(
+    verdict: Verdict, installed: Mapping[str, str], snapshot: Snapshot | None, now: datetime
+) -> int:
+    fixable = [(n, v) for n, v in verdict.vulnerabilities() if v.fixed_in]
+    for name, vulnerability in verdict.vulnerabilities():
+        package = f"{name} {installed[name]}: {vulnerability.advisory}"
+        if vulnerability.fixed_in:
+            print(f"VULNERABLE  {package}, fixed in {', '.join(vulnerability.fixed_in)}")
+        else:
+            print(f"warning     {package}, no fix released yet")
+    if snapshot is not None:
+        age = now - snapshot.date
+        if age > MAX_SNAPSHOT_AGE:
+            banner = "!" * 100
+            print(
+                f"{banner}\nWARNING: the advisory snapshot is {age.days} days old "
+                f"({snapshot.describe()}), over the {MAX_SNAPSHOT_AGE.days} days it is good for:\n"
+                "advisories published since are unknown to this audit. Refresh it: python "
+                f"scripts/refresh_advisories.py <a mirror of pypa/advisory-database>\n{banner}"
+            )
+    print(
+        f"audited {len(verdict.by_service) + len(verdict.by_snapshot)} of {len(installed)} "
+        f"dependencies: {len(verdict.by_service)} by the vulnerability service, "
+        f"{len(verdict.by_snapshot)} by the advisory snapshot"
+        + (f" ({snapshot.describe()})" if snapshot is not None and verdict.by_snapshot else "")
+    )
+    failed = False
     if verdict.not_audited:
+        failed = True
         print(
-            f"warning: {len(verdict.not_audited)} of "
-            f"{len(verdict.not_audited) + verdict.audited} dependencies were NOT audited "
-            "(the vulnerability service did not answer for them), e.g.:"
+            f"FAILED: {len(verdict.not_audited)} of {len(installed)} dependencies could be "
+            "audited neither by the vulnerability service nor by the advisory snapshot:"
         )
-        for line in verdict.not_audited[:3]:
-            print(f"    {line}")
-    if verdict.fixable:
+        for name, why in sorted(verdict.not_audited.items()):
+            print(f"    {name} {installed[name]}: {why}")
+    if fixable:
+        failed = True
         print(
-            f"{len(verdict.fixable)} known vulnerabilities with a fix: bump the pins in "
+            f"FAILED: {len(fixable)} known vulnerabilities with a fix: bump the pins in "
             "pyproject.toml"
         )
+    if failed:
         return 1
+    unfixable = len(verdict.vulnerabilities()) - len(fixable)
     print(
-        f"{verdict.audited} dependencies audited: no known vulnerability with a fix"
-        + (f" ({len(verdict.unfixable)} without one)" if verdict.unfixable else "")
+        "no known vulnerability with a fix" + (f" ({unfixable} without one)" if unfixable else "")
     )
     return 0
 
@@ -152,6 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", type=Path, help="judge this pip-audit JSON report")
     parser.add_argument(
+        "--offline", action="store_true", help="do not ask the service: the snapshot alone"
+    )
+    parser.add_argument(
+        "--snapshot",
+        type=Path,
+        default=DEFAULT_SNAPSHOT,
+        help=f"the advisory snapshot (default: {DEFAULT_SNAPSHOT})",
+    )
+    parser.add_argument(
+        "--installed", type=Path, help="audit these name==version lines, not this environment"
+    )
+    parser.add_argument(
         "--requirements", action="store_true", help="print the pinned runtime requirements"
     )
     args = parser.parse_args(argv)
@@ -159,11 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, version in sorted(runtime_requirements().items()):
             print(f"{name}=={version}")
         return 0
+    installed = read_installed(args.installed) if args.installed else runtime_requirements()
+    report: dict[str, Any] | None
     if args.report:
         report = json.loads(args.report.read_text(encoding="utf-8"))
+    elif args.offline:
+        report = None
     else:
-        report = run_pip_audit(runtime_requirements())
-    return report_and_exit_code(judge(report))
+        report = run_pip_audit(installed)
+    verdict, snapshot = audit(installed, report, args.snapshot)
+    return report_and_exit_code(verdict, installed, snapshot, datetime.now(UTC))
 
 
 if __name__ == "__main__":

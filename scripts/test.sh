@@ -12,7 +12,7 @@ echo "==> mypy"
 mypy
 echo "==> import contracts (pyproject.toml: the layers, and what may import what)"
 lint-imports --no-cache
-echo "==> pip-audit (runtime dependencies; fails on a known vulnerability with a fix)"
+echo "==> dependency audit (runtime dependencies: pip-audit, else the advisory snapshot; fails on a known vulnerability with a fix, or a dependency audited neither way)"
 python scripts/audit_dependencies.py
 echo "==> pytest"
 exec pytest "$@"

@@ -31,6 +31,7 @@ from acme_orders.core.settings import Settings
 from acme_orders.inventory import stock
 from acme_orders.notification import email as email_module
 from acme_orders.order_api import store
+from acme_orders.payment import charge
 from acme_orders_bench import broker_load
 
 logger = logging.getLogger(__name__)
@@ -89,10 +90,10 @@ def _uuid(variable: str) -> str:
 def pgbench_script(skus: list[str]) -> str:
     """One pgbench transaction = one order through the pipeline, statement for statement: the
     services' own statements (order_api.store.PLACE_ORDER, core.consumer.RECORD_PROCESSED,
-    core.orders, inventory.stock, notification.email, core.outbox), with their parameters bound
-    to pgbench expressions, each service's committed on its own as the services do with batches of
-    one event, then the events claimed and marked SENT as the publisher does. No messaging, no
-    Python: only the database's cost.
+    core.orders, inventory.stock, payment.charge, notification.email, core.outbox), with their
+    parameters bound to pgbench expressions, each service's committed on its own as the services
+    do with batches of one event, then the events claimed and marked SENT as the publisher does.
+    No messaging, no Python: only the database's cost.
 
     An order takes 1 to 3 consecutive SKUs of the sorted catalogue (a slice of an array, since
     pgbench variables are numbers), all with the same qty of 1 to 3."""
@@ -166,6 +167,17 @@ def pgbench_script(skus: list[str]) -> str:
         "ARRAY['reserved']",
     )
     set_paid = bound(orders.SET_STATUSES, f"ARRAY[{order}]", "ARRAY['paid']")
+    record_payment = bound(
+        charge.RECORD_PAYMENTS,
+        f"ARRAY[{order}]",
+        f"ARRAY['order-' || {order} || '-charge']",
+        "'simulated'",
+        f"ARRAY['sim_' || {ids[paid]}]",
+        "ARRAY['completed']",
+        "ARRAY[117.90]",
+        f"ARRAY[{ids[paid]}]",
+        "ARRAY[NULL::text]",
+    )
     notify = bound(
         email_module.RECORD_NOTIFICATIONS,
         f"ARRAY[{order}]",
@@ -191,6 +203,7 @@ END;
 -- payment: paid, PaymentCompleted
 {handling("payment", reserved)}
 {set_paid}
+{record_payment}
 {emit(paid)}
 END;
 -- notification: the e-mail

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -38,6 +38,7 @@ from acme_orders.core.topology import QueueSpec
 from acme_orders.inventory.stock import release_stock, reserve_stock
 from acme_orders.notification.email import send_notifications
 from acme_orders.payment.charge import charge_orders
+from acme_orders.payment.gateway import Charge, ChargeResult, SimulatedGateway
 from tests.support.products import NewProduct, stock_of
 from tests.support.waiting import wait_until
 
@@ -178,8 +179,21 @@ async def test_a_batch_releases_every_failed_order_and_sums_shared_products(
     ]
 
 
-def _no(event: InventoryReserved) -> bool:
-    return False
+# Declines every charge.
+_no = SimulatedGateway(success_rate=0.0)
+
+
+@dataclass
+class ScriptedGateway:
+    """A gateway that gives the answers it is given, one per charge."""
+
+    answers: Iterator[bool]
+    name: str = "scripted"
+
+    async def charge(self, charge: Charge) -> ChargeResult:
+        approved = next(self.answers)
+        declined = None if approved else "card declined"
+        return ChargeResult(approved, f"scripted-{charge.idempotency_key}", declined)
 
 
 async def test_a_batch_charges_each_reserved_order_once(
@@ -189,13 +203,11 @@ async def test_a_batch_charges_each_reserved_order_once(
     events = [placed(await new_order(pool, "reserved"), {sku: 1}) for _ in range(3)]
     already_paid = placed(await new_order(pool, "reserved"), {sku: 1})
     await pool.execute("UPDATE orders SET status = 'paid' WHERE id = $1", already_paid.order_id)
-    answers = iter([True, False, True])
+    gateway = ScriptedGateway(iter([True, False, True]))
     batch = [reserved(e) for e in [*events, already_paid]]
     batch.append(batch[0].model_copy(update={"event_id": uuid4()}))
 
-    emitted = await in_one_transaction(
-        pool, lambda tx: charge_orders(batch, tx, lambda _event: next(answers))
-    )
+    emitted = await in_one_transaction(pool, lambda tx: charge_orders(batch, tx, gateway))
 
     assert [e.event_type for e in emitted] == [
         "PaymentCompleted",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import secrets
+from typing import Any
 from uuid import UUID, uuid4
 
 import aio_pika
@@ -92,6 +94,65 @@ async def test_rows_stay_new_when_the_broker_refuses_the_batch(
         "SELECT status FROM event_outbox WHERE event_id = ANY($1::uuid[])", ids
     )
     assert {r["status"] for r in statuses} == {"NEW"}
+
+
+async def test_a_refused_publish_stops_the_rest_of_its_batch_and_leaves_nothing_unretrieved(
+    fresh_env: TestEnvironment,
+    fresh_pool: asyncpg.Pool,
+    fresh_channel: AbstractChannel,
+) -> None:
+    key = f"test.{secrets.token_hex(4)}"
+    batch = 500
+    # The broker takes the first few messages, then nacks the rest: the queue refuses to grow.
+    refusing = await fresh_channel.declare_queue(
+        f"refusing.{key}", arguments={"x-max-length": 5, "x-overflow": "reject-publish"}
+    )
+    await refusing.bind(EXCHANGE, key)
+    # Sees every message of the key that reached the broker, and the marker after them.
+    marker_key = f"marker.{key}"
+    observer = await fresh_channel.declare_queue(f"observer.{key}")
+    await observer.bind(EXCHANGE, key)
+    await observer.bind(EXCHANGE, marker_key)
+    ids = await insert_events(fresh_pool, key, batch)
+    loop = asyncio.get_running_loop()
+    # Where "Task/Future exception was never retrieved" goes (asyncio logs it from there).
+    unhandled: list[dict[str, Any]] = []
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    connection = await aio_pika.connect(fresh_env.rabbitmq_url)
+    try:
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await declare_exchange(channel)
+            before = asyncio.all_tasks()
+            with pytest.raises(aio_pika.exceptions.DeliveryError):
+                await relay_outbox_batch(fresh_pool, exchange, limit=batch)
+            still_publishing = len([t for t in asyncio.all_tasks() - before if not t.done()])
+            del before
+            # Published on the same channel once the relay gave up: it reaches the broker behind
+            # any publish of the batch that was still going on (a channel keeps its order).
+            await exchange.publish(aio_pika.Message(b"marker"), routing_key=marker_key)
+        # The connection is closed and the relay's tasks are finished and collected: an
+        # exception nobody retrieved would have reached the loop's handler by now.
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous_handler)
+
+    reached_broker = []
+    while (message := await observer.get(no_ack=True, fail=False)) is not None:
+        if message.routing_key == marker_key:
+            break
+        reached_broker.append(message)
+    statuses = await fresh_pool.fetch(
+        "SELECT status FROM event_outbox WHERE event_id = ANY($1::uuid[])", ids
+    )
+    assert {r["status"] for r in statuses} == {"NEW"}
+    assert still_publishing == 0, f"{still_publishing} publishes outlived their batch"
+    # Before the fix all 500 went out, most of them after their rows were NEW again (duplicates
+    # of the next attempt); now only those already on their way when the first nack came.
+    assert len(reached_broker) < batch
+    assert unhandled == []
 
 
 async def test_after_a_nacked_batch_the_relay_publishes_on_a_fresh_channel(

@@ -11,6 +11,7 @@ from acme_orders.core import consumer, orders, outbox
 from acme_orders.inventory import stock
 from acme_orders.notification import email
 from acme_orders.order_api import store
+from acme_orders.payment import charge
 from acme_orders_bench import ceilings, load
 from acme_orders_bench.runner import BenchOptions
 from acme_orders_bench.system import instance_names
@@ -99,6 +100,7 @@ def normalised(statement: str) -> str:
         orders.SET_STATUSES,
         stock.LOCK_PRODUCTS,
         stock.RECORD_RESERVATIONS,
+        charge.RECORD_PAYMENTS,
         email.RECORD_NOTIFICATIONS,
         outbox.INSERT_EVENTS,
         outbox.CLAIM_FOR_PUBLISHING,

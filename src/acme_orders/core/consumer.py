@@ -60,6 +60,12 @@ RETURNING event_id
 Handler = Callable[[Sequence[E], Connection], Awaitable[Sequence[Event]]]
 
 
+class DependencyUnavailableError(Exception):
+    """Raised by a handler when something outside it does not answer (a card gateway): like a
+    database outage, nothing is wrong with the messages, so the batch is retried in place,
+    unacked, however long that lasts, and the outage never uses up their deliveries."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route(Generic[E]):
     """One event type a consumer handles, and the handler that does it.
@@ -247,14 +253,17 @@ class ConsumerRunner:
                 self.metrics.handler_seconds.observe(time.perf_counter() - started)
                 break
             except Exception as exc:
-                if not is_transient(exc):
+                database = is_transient(exc)
+                if not (database or isinstance(exc, DependencyUnavailableError)):
                     await self.handle_failure(deliveries, exc)
                     return
                 # Nothing wrong with the messages: retried in place, unacked, so that an outage
                 # does not use up their deliveries and send good orders to the dead-letter queue.
-                self.metrics.db_retries.inc()
+                if database:
+                    self.metrics.db_retries.inc()
                 logger.warning(
-                    "database unavailable handling %d event(s) on %s (%r); retrying in %.1fs",
+                    "%s unavailable handling %d event(s) on %s (%r); retrying in %.1fs",
+                    "database" if database else "a dependency",
                     len(deliveries),
                     self.consumer.queue.name,
                     exc,

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     payment_success_rate: float = Field(
         1.0, ge=0.0, le=1.0, description="Probability that a simulated charge succeeds."
     )
+    payment_gateway: Literal["simulated"] = Field(
+        "simulated",
+        description=(
+            "The card gateway payment charges through: simulated (approves with probability "
+            "PAYMENT_SUCCESS_RATE). A real gateway is one more name here (see the README: "
+            "plugging in a real payment gateway)."
+        ),
+    )
     api_host: str = Field("127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     max_request_bytes: int = Field(

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 from aio_pika.abc import AbstractExchange
@@ -21,7 +22,7 @@ from aio_pika.abc import AbstractExchange
 from acme_orders.core.messaging import outbox_message
 from acme_orders.core.observability import tracing
 from acme_orders.core.observability.metrics import record_relayed
-from acme_orders.core.outbox import claim_for_publishing
+from acme_orders.core.outbox import OutboxRow, claim_for_publishing
 from acme_orders.core.runtime import retry_until_ready, wait_any
 from acme_orders.core.settings import Settings
 
@@ -40,22 +41,8 @@ async def relay_outbox_batch(pool: asyncpg.Pool, exchange: AbstractExchange, lim
         rows = await claim_for_publishing(conn, limit)
         if not rows:
             return 0
-        # All in flight at once, settled by their confirms. They leave in id order: each publish
-        # is queued on the channel in the order the tasks start, which is the order given here.
         with tracing.publishing(rows) as trace_headers:
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        outbox_message(row, headers),
-                        routing_key=row.routing_key,
-                        # An event nobody subscribes to yet (inventory.released) is dropped, not
-                        # returned: that is pub/sub, not an error.
-                        mandatory=False,
-                        timeout=CONFIRM_TIMEOUT,
-                    )
-                    for row, headers in zip(rows, trace_headers, strict=True)
-                )
-            )
+            await publish_all(exchange, rows, trace_headers)
     record_relayed([row.event_type for row in rows], time.perf_counter() - started)
     counts = Counter(row.routing_key for row in rows)
     logger.info(
@@ -64,6 +51,42 @@ async def relay_outbox_batch(pool: asyncpg.Pool, exchange: AbstractExchange, lim
         ", ".join(f"{key} {n}" for key, n in sorted(counts.items())),
     )
     return len(rows)
+
+
+async def publish_all(
+    exchange: AbstractExchange,
+    rows: Sequence[OutboxRow],
+    trace_headers: Sequence[Mapping[str, str] | None],
+) -> None:
+    """Publish every row, all in flight at once, and return once the broker confirmed them all.
+
+    They leave in id order: each publish is queued on the channel in the order its task starts,
+    which is the order given here. The first one that fails (nacked, the channel closed, no
+    confirm within CONFIRM_TIMEOUT) cancels the others and waits for them before its error is
+    raised, so that the batch has stopped publishing by the time its transaction rolls back: a
+    publish left running would send its row after the row is NEW again (a duplicate of the next
+    attempt, or of another publisher's) and fail with nobody to hear it. Raises that first error.
+    """
+    try:
+        async with asyncio.TaskGroup() as publishes:
+            for row, headers in zip(rows, trace_headers, strict=True):
+                publishes.create_task(
+                    exchange.publish(
+                        outbox_message(row, headers),
+                        routing_key=row.routing_key,
+                        # An event nobody subscribes to yet (inventory.released) is dropped, not
+                        # returned: that is pub/sub, not an error.
+                        mandatory=False,
+                        timeout=CONFIRM_TIMEOUT,
+                    )
+                )
+    except ExceptionGroup as failed:
+        # One nack often fails many publishes at once (RabbitMQ nacks with `multiple`): the
+        # first says what went wrong, for the caller's retry and its log line.
+        first = failed.exceptions[0]
+        if len(failed.exceptions) > 1:
+            first.add_note(f"{len(failed.exceptions)} publishes of the batch failed")
+        raise first from None
 
 
 async def listen_for_outbox(settings: Settings, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
