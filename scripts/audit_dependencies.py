@@ -19,6 +19,11 @@ fails (exit 1):
 A snapshot older than MAX_SNAPSHOT_AGE is reported loudly each time it is used: what was
 published since is unknown to it.
 
+When there is no source of advisories at all (the service answered for no dependency and there is
+no snapshot file), it says NOT AUDITED in a banner and exits EXIT_WITHOUT_SOURCE (3), not 1: that
+is a machine without the means to audit, not a finding about a dependency. The snapshot path is
+--snapshot, else ADVISORY_SNAPSHOT, else shared/advisories/ beside the repository.
+
     python scripts/audit_dependencies.py              # pip-audit, then the snapshot for the rest
     python scripts/audit_dependencies.py --offline    # the snapshot alone
     python scripts/audit_dependencies.py --report F   # judge a pip-audit JSON report instead
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,9 +53,16 @@ from packaging.utils import canonicalize_name
 
 PROJECT = "acme-orders"
 ROOT = Path(__file__).resolve().parents[1]
-# Where the snapshot is kept: in shared/, beside the repository (a copy of it sits beside every
-# clone CI makes), not in the repository itself.
-DEFAULT_SNAPSHOT = ROOT.parent / "shared" / "advisories" / "pypa-advisory-database.json"
+# Where the snapshot is looked for: ADVISORY_SNAPSHOT, else shared/ beside the repository. It is
+# never committed here: it is derived from a fetched copy of the database, which stays out of this
+# repository's commits.
+DEFAULT_SNAPSHOT = Path(
+    os.environ.get("ADVISORY_SNAPSHOT")
+    or ROOT.parent / "shared" / "advisories" / "pypa-advisory-database.json"
+)
+# No source of advisories at all (the service answered for nothing, and no snapshot): not a pass
+# and not a finding. scripts/test.sh reports it loudly and goes on.
+EXIT_WITHOUT_SOURCE = 3
 MAX_SNAPSHOT_AGE = timedelta(days=90)
 # pip-audit's socket timeout, and how long it may take in all: a service that does not answer
 # must not hold the build up, the snapshot is there for that.
@@ -110,6 +123,8 @@ class Verdict:
     by_snapshot: dict[str, list[Vulnerability]] = field(default_factory=dict)
     # name -> why neither way could audit it
     not_audited: dict[str, str] = field(default_factory=dict)
+    # The service audited nothing and there is no snapshot: no source of advisories at all.
+    without_source: bool = False
 
     def vulnerabilities(self) -> list[tuple[str, Vulnerability]]:
         return [
@@ -188,6 +203,10 @@ class SnapshotError(Exception):
     """There is no snapshot to audit with, or it is not one."""
 
 
+class NoSnapshotError(SnapshotError):
+    """No file where the snapshot should be."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Records of the PyPA advisory database for a set of packages, as of a commit of it."""
@@ -208,7 +227,7 @@ class Snapshot:
                 advisories={canonicalize_name(k): v for k, v in data["advisories"].items()},
             )
         except FileNotFoundError:
-            raise SnapshotError(
+            raise NoSnapshotError(
                 f"no advisory snapshot at {path}: make one with scripts/refresh_advisories.py"
             ) from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -260,6 +279,7 @@ def audit(
         snapshot = Snapshot.load(snapshot_path)
     except SnapshotError as exc:
         verdict.not_audited = {n: _both(service_said.get(n), str(exc)) for n in left}
+        verdict.without_source = isinstance(exc, NoSnapshotError) and not verdict.by_service
         return verdict, None
     verdict.by_snapshot, undecided = audit_with_snapshot(left, snapshot)
     verdict.not_audited = {n: _both(service_said.get(n), why) for n, why in undecided.items()}
@@ -271,7 +291,11 @@ def _both(service: str | None, snapshot: str) -> str:
 
 
 def report_and_exit_code(
-    verdict: Verdict, installed: Mapping[str, str], snapshot: Snapshot | None, now: datetime
+    verdict: Verdict,
+    installed: Mapping[str, str],
+    snapshot: Snapshot | None,
+    now: datetime,
+    snapshot_path: Path = DEFAULT_SNAPSHOT,
 ) -> int:
     fixable = [(n, v) for n, v in verdict.vulnerabilities() if v.fixed_in]
     for name, vulnerability in verdict.vulnerabilities():
@@ -311,6 +335,15 @@ def report_and_exit_code(
             f"FAILED: {len(fixable)} known vulnerabilities with a fix: bump the pins in "
             "pyproject.toml"
         )
+    if failed and verdict.without_source and not fixable:
+        banner = "!" * 100
+        print(
+            f"{banner}\nNOT AUDITED: the vulnerability service answered for no dependency and "
+            f"there is no advisory snapshot ({snapshot_path}).\nNothing was audited: make a "
+            "snapshot with scripts/refresh_advisories.py and point ADVISORY_SNAPSHOT at it, "
+            f"or run where the service answers.\n{banner}"
+        )
+        return EXIT_WITHOUT_SOURCE
     if failed:
         return 1
     unfixable = len(verdict.vulnerabilities()) - len(fixable)
@@ -352,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = run_pip_audit(installed)
     verdict, snapshot = audit(installed, report, args.snapshot)
-    return report_and_exit_code(verdict, installed, snapshot, datetime.now(UTC))
+    return report_and_exit_code(verdict, installed, snapshot, datetime.now(UTC), args.snapshot)
 
 
 if __name__ == "__main__":

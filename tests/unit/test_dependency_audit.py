@@ -176,18 +176,58 @@ def test_what_the_service_could_not_look_up_is_audited_with_the_snapshot(tmp_pat
 
 
 def test_a_dependency_audited_neither_way_fails_the_build(tmp_path: Path) -> None:
-    # As on a network where the vulnerability service does not answer, and no snapshot is there.
+    # The service answered for fastapi, not for asyncpg, and there is no snapshot to fall back on.
+    dependencies = [
+        clean("fastapi", "0.165.0"),
+        {"name": "asyncpg", "skip_reason": "Dependency not found on PyPI"},
+    ]
+
+    result = audited(
+        tmp_path,
+        "fastapi==0.165.0\nasyncpg==0.32.0\n",
+        None,
+        "--report",
+        report(tmp_path, dependencies),
+    )
+
+    assert result.returncode == 1
+    assert "FAILED: 1 of 2 dependencies could be audited neither" in result.stdout
+    assert "asyncpg 0.32.0: service: Dependency not found on PyPI; snapshot: no advisory" in (
+        result.stdout
+    )
+
+
+def test_with_no_source_of_advisories_at_all_it_says_not_audited_and_exits_3(
+    tmp_path: Path,
+) -> None:
+    # As on CI's network: the service answers for nothing, and no snapshot file is there.
     dependencies = [{"name": "asyncpg", "skip_reason": "Dependency not found on PyPI"}]
 
     result = audited(
         tmp_path, "asyncpg==0.32.0\n", None, "--report", report(tmp_path, dependencies)
     )
 
-    assert result.returncode == 1
-    assert "FAILED: 1 of 1 dependencies could be audited neither" in result.stdout
-    assert "asyncpg 0.32.0: service: Dependency not found on PyPI; snapshot: no advisory" in (
-        result.stdout
+    assert result.returncode == 3
+    assert "NOT AUDITED" in result.stdout
+    assert "!" * 100 in result.stdout
+    assert "no known vulnerability" not in result.stdout
+
+
+def test_a_snapshot_that_lacks_a_package_fails_even_when_the_service_answered_for_none(
+    tmp_path: Path,
+) -> None:
+    dependencies = [{"name": "asyncpg", "skip_reason": "Dependency not found on PyPI"}]
+
+    result = audited(
+        tmp_path,
+        "asyncpg==0.32.0\n",
+        snapshot(["fastapi"]),
+        "--report",
+        report(tmp_path, dependencies),
     )
+
+    assert result.returncode == 1
+    assert "NOT AUDITED" not in result.stdout
 
 
 def test_a_planted_vulnerable_version_fails_the_offline_audit(tmp_path: Path) -> None:
