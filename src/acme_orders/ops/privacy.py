@@ -14,12 +14,16 @@ _ADDRESS = re.compile(r"[^\s@]+@[^\s@]+")
 
 
 def mask_email(address: str) -> str:
-    """``c100@example.com`` -> ``c1***@example.com``: enough to tell customers apart in a log,
-    not enough to write to them."""
+    """``c100@example.com`` -> ``c1***@e***.com``: enough to tell customers apart in a log, not
+    enough to write to them, nor to tell which company or mail provider they are with. Only the
+    top-level domain stays whole (``.co.uk`` keeps ``.uk``); a domain of one label (``localhost``)
+    keeps its first character, like any other."""
     local, at, domain = address.partition("@")
     if not at:
         return "***"
-    return f"{local[:2]}***@{domain}"
+    first_label, dot, other_labels = domain.partition(".")
+    top_level = "." + other_labels.rpartition(".")[2] if dot else ""
+    return f"{local[:2]}***@{first_label[:1]}***{top_level}"
 
 
 def mask_emails_in(text: str) -> str:
