@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope",
         required=True,
         choices=[scope.value for scope in api_keys.Scope],
-        help="orders:write places orders and reads its own; admin reads every order",
+        help="orders:write places orders and reads its own; admin reads every order; metrics "
+        "reads GET /metrics only (for Prometheus)",
     )
     apikey_create_parser.set_defaults(
         handler=lambda args: commands_.apikey_create(args.name, args.scope)
