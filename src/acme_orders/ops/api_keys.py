@@ -37,6 +37,8 @@ class Scope(StrEnum):
     ORDERS_WRITE = "orders:write"
     # Reads every order, and what operators see.
     ADMIN = "admin"
+    # Reads the API's metrics and nothing else: what Prometheus scrapes with.
+    METRICS = "metrics"
 
 
 class ApiKeyError(Exception):

@@ -45,5 +45,8 @@ RequestId = Annotated[str, Depends(get_request_id)]
 OrderPlacer = Annotated[Caller, Depends(limit_order_rate)]
 # Reads orders (an orders:write key only its own) and the catalogue, rate limited.
 Reader = Annotated[Caller, Depends(limit_read_rate)]
-# The board and the API's metrics: what only an operator may see.
+# The board: what only an operator may see.
 Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]
+# The API's metrics: a metrics key (Prometheus', which reads nothing else) or an operator's admin
+# key. Not orders:write: the figures tell a client how busy the whole shop is.
+MetricsScraper = Annotated[Caller, Depends(require_scope(Scope.METRICS, Scope.ADMIN))]
