@@ -456,10 +456,12 @@ async def test_once_the_database_is_back_keys_are_read_again_and_revocations_app
         assert (await api.get("/test-only/who-am-i", headers=revoked_key)).status_code == 200
         await database.cut()
 
-        async def unavailable() -> bool:
-            return (await api.get("/test-only/who-am-i", headers=kept_key)).status_code == 503
+        async def unavailable() -> httpx.Response | None:
+            response = await api.get("/test-only/who-am-i", headers=kept_key)
+            return response if response.status_code == 503 else None
 
-        await wait_until(unavailable, deadline=10, what="the grace time to run out")
+        expired = await wait_until(unavailable, deadline=10, what="the grace time to run out")
+        assert "cannot be checked" in expired.json()["detail"]
         # Revoked while the API could not see it.
         await revoke_key(pool, revoked)
         await database.restore()
