@@ -274,3 +274,21 @@ async def test_serving_from_grace_and_its_end_are_logged_once_each(
     messages = [record.getMessage() for record in caplog.records]
     assert sum("API_KEY_GRACE=" in message for message in messages) == 1
     assert sum("every request with a key gets 503" in message for message in messages) == 1
+
+
+async def test_a_read_that_fails_for_another_reason_also_keeps_the_known_keys_and_backs_off() -> (
+    None
+):
+    token = make_token()
+    pool, clock = FakePool([row(1, token)]), Clock()
+    keys = cache(pool, clock, grace=60.0)
+    await keys.find(token)
+
+    # A scope this process does not know (written by a newer version, say): not an outage.
+    pool.rows = [row(1, token) | {"scope": "no-such-scope"}]
+    clock.now += 5.0
+    found = [await keys.find(token) for _ in range(10)]
+
+    assert found == [ApiKey(1, "key-1", Scope.ORDERS_WRITE)] * 10
+    assert pool.queries == 2
+    assert keys.failures == 1

@@ -21,7 +21,7 @@ from enum import StrEnum
 
 import asyncpg
 
-from acme_orders.core.database import Connection
+from acme_orders.core.database import Connection, is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,10 @@ class ApiKeyCache:
                 rows = await self.pool.fetch(
                     "SELECT id, name, scope, key_hash FROM api_keys WHERE revoked_at IS NULL"
                 )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            by_hash = {r["key_hash"]: ApiKey(r["id"], r["name"], Scope(r["scope"])) for r in rows}
+        except Exception as exc:
+            # Whatever went wrong, the keys already known are worth more than a refusal of every
+            # request; what is not an outage (a broken schema, a bug) is logged with its traceback.
             self._failures += 1
             delay = retry_delay(self._failures, self.ttl)
             self._retry_at = self.clock() + delay
@@ -268,13 +271,14 @@ class ApiKeyCache:
                     exc,
                     self.ttl,
                     delay,
+                    exc_info=not is_transient(exc),
                 )
             else:
                 logger.info("still cannot read the API keys (%r); next try in %gs", exc, delay)
             return
         finally:
             self._reading = None
-        self._by_hash = {r["key_hash"]: ApiKey(r["id"], r["name"], Scope(r["scope"])) for r in rows}
+        self._by_hash = by_hash
         # From before the query: a key revoked while it ran is caught by the next read.
         self._read_at = started
         if self._failures:
