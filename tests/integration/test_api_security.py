@@ -3,6 +3,7 @@ database: API keys and their scopes, owners of orders, the rate limit on placing
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -398,8 +399,9 @@ async def api_behind_a_proxy(
 
 
 async def test_while_the_database_is_away_known_keys_work_for_the_grace_then_503(
-    settings: Settings, pool: asyncpg.Pool
+    settings: Settings, pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="acme_orders.ops.api_keys")
     name = f"test-{secrets.token_hex(6)}"
     key = {"Authorization": f"Bearer {await create_key(pool, name, Scope.ORDERS_WRITE)}"}
     stranger = {"Authorization": f"Bearer {new_token()}"}
@@ -441,6 +443,10 @@ async def test_while_the_database_is_away_known_keys_work_for_the_grace_then_503
         assert expired.status_code == 503, expired.text
         assert "cannot be checked" in expired.json()["detail"]
         assert int(expired.headers["retry-after"]) >= 1
+        # The operator is told when the grace begins and when it runs out, once each.
+        logged = [record.getMessage() for record in caplog.records]
+        assert sum("API_KEY_GRACE=" in line for line in logged) == 1, logged
+        assert sum("every request with a key gets 503" in line for line in logged) == 1, logged
 
 
 async def test_once_the_database_is_back_keys_are_read_again_and_revocations_apply(
