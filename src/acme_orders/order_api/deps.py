@@ -30,6 +30,8 @@ async def get_pool(request: Request) -> asyncpg.Pool:
 
 
 Pool = Annotated[asyncpg.Pool, Depends(get_pool)]
+# The key itself, as sent: for a stream that checks it again while it stays open.
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 async def get_price_book(request: Request) -> store.PriceBook:
@@ -54,5 +56,3 @@ OrderPlacer = Annotated[Caller, Depends(limit_order_rate)]
 Reader = Annotated[Caller, Depends(limit_read_rate)]
 # The board and the API's metrics: what only an operator may see.
 Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]
-# The key itself, as sent: for a stream that checks it again while it stays open.
-BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
