@@ -129,8 +129,9 @@ async def revoke_key(conn: Executor, name: str) -> Revocation:
 
 
 class ApiKeysUnavailableError(Exception):
-    """The keys cannot be checked: the database has not answered for longer than the grace time
-    (or never, since the API started). Not a wrong key: the caller should retry later."""
+    """A key cannot be checked now: the database does not answer, and the last copy of the keys
+    does not know this one or is past its grace time (or there is none yet). Not a wrong key: the
+    caller should retry after `retry_after` seconds."""
 
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"API keys cannot be checked; retry in {retry_after:g}s")
@@ -163,9 +164,10 @@ FIRST_RETRY = 0.5
 
 
 def retry_delay(failures: int, ttl: float) -> float:
-    """Seconds to wait after `failures` failed reads in a row before the next one. At most `ttl`:
-    an outage never makes the cache read more often than it does anyway, and once the database
-    answers again a revocation takes effect within the usual `ttl`, not a longer backoff."""
+    """Seconds to wait after `failures` failed reads in a row before the next one: a few quick
+    tries (a blip is over soon), then one every `ttl`, the rate of reads when all is well. Never
+    more than `ttl`, so that once the database answers again a revocation takes effect within
+    about the usual `ttl`, not after a long backoff."""
     # The exponent capped: days of failures must not overflow a float.
     return min(ttl, FIRST_RETRY * (1 << min(max(0, failures - 1), 30)))
 
