@@ -93,6 +93,34 @@ class Settings(BaseSettings):
             "a key created or revoked takes effect within this time."
         ),
     )
+    api_key_grace: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds past API_KEY_CACHE_TTL the API keeps letting in the keys it last read while "
+            "the database does not answer (keys it does not know get 503, not 401); past it every "
+            "request with a key gets 503 with Retry-After until the keys can be read again."
+        ),
+    )
+    board_stream_recheck: float = Field(
+        30.0,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds between two checks of the key an open /board/stream was opened with; the "
+            "stream of a key revoked meanwhile ends at the next check."
+        ),
+    )
+    board_max_streams: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description=(
+            "Board streams (/board/stream) one API process keeps open at once; one more is "
+            "answered 503 with Retry-After."
+        ),
+    )
     rate_limit_orders_per_second: float = Field(
         100.0,
         ge=0,
