@@ -16,6 +16,7 @@ from decimal import Decimal
 from uuid import UUID, uuid4
 
 import aio_pika
+import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelNotFoundEntity
@@ -28,11 +29,13 @@ from acme_orders.core.retries import (
     ATTEMPT_HEADER,
     LAST_ERROR_HEADER,
     RETRY_EXCHANGE,
+    attempt_of,
     retry_delay,
     retry_queue_name,
 )
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
+from acme_orders.ops.dead_letters import replay_dead_letters
 from tests.support.environment import TestEnvironment
 from tests.support.waiting import wait_until
 
@@ -122,7 +125,10 @@ async def _parked(channel: AbstractChannel, spec: QueueSpec) -> AbstractIncoming
 
 
 async def test_a_failing_handler_is_tried_again_after_growing_waits_then_parked_with_its_error(
-    session_env: TestEnvironment, channel: AbstractChannel, queue_spec: QueueSpec
+    session_env: TestEnvironment,
+    channel: AbstractChannel,
+    queue_spec: QueueSpec,
+    pool: asyncpg.Pool,
 ) -> None:
     settings = session_env.settings(retry_initial_delay=0.4, retry_max_delay=1.6, max_attempts=5)
     handler = FlakyHandler()
@@ -158,6 +164,13 @@ async def test_a_failing_handler_is_tried_again_after_growing_waits_then_parked_
     )
     assert parked.message_id == str(event.event_id)
     assert event.event_id not in handler.handled
+    # Nothing of the failed attempts was committed.
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM processed_events WHERE event_id = $1", event.event_id
+        )
+        == 0
+    )
 
 
 async def test_a_message_waiting_for_its_next_attempt_holds_up_no_other_message(
@@ -249,3 +262,30 @@ async def test_migrate_follows_changed_retry_settings_with_no_queue_deleted_by_h
     assert [await _exists(channel, retry_queue_name(name, n)) for n in range(1, 7)] == [
         0, 0, 0, 0, 0, None,
     ]  # fmt: skip
+
+
+async def test_a_replayed_dead_letter_has_all_its_attempts_again(
+    session_env: TestEnvironment, channel: AbstractChannel, queue_spec: QueueSpec
+) -> None:
+    settings = session_env.settings()
+    await declare_queue(channel, queue_spec, settings.quorum_group_size)
+    event = placed()
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            event.model_dump_json().encode(),
+            message_id=str(event.event_id),
+            headers={
+                ATTEMPT_HEADER: settings.max_attempts,
+                LAST_ERROR_HEADER: "RuntimeError: boom",
+                "x-dead-letter-reason": "handler failed 8 attempt(s); last error: RuntimeError",
+            },
+        ),
+        routing_key=queue_spec.dead_letter_queue,
+    )
+
+    assert await replay_dead_letters(settings, queue_spec.name, None) == 1
+
+    queue = await channel.get_queue(queue_spec.name)
+    back = await wait_until(lambda: queue.get(no_ack=True, fail=False), what="the replayed message")
+    assert attempt_of(back.headers) == 1
+    assert LAST_ERROR_HEADER not in (back.headers or {})
