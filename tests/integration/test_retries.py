@@ -61,11 +61,13 @@ def queue_spec() -> QueueSpec:
 # Not compared by value: the consumer groups events by handler, in a dict.
 @dataclass(eq=False)
 class FlakyHandler:
-    """Fails each event in `failing` (with its attempt in the message) until its order is
-    `healed`; records when each event was tried, and which were handled."""
+    """Fails each event in `failing` (with its attempt in the message) until it is `healed`, or
+    for `fails_for` seconds from its first attempt; records when each event was tried, and which
+    were handled."""
 
     failing: set[UUID] = field(default_factory=set)
     healed: set[UUID] = field(default_factory=set)
+    fails_for: float | None = None
     tried: dict[UUID, list[float]] = field(default_factory=dict)
     handled: dict[UUID, float] = field(default_factory=dict)
 
@@ -74,7 +76,8 @@ class FlakyHandler:
         for event in events:
             attempts = self.tried.setdefault(event.event_id, [])
             attempts.append(now)
-            if event.event_id in self.failing and event.event_id not in self.healed:
+            over = self.fails_for is not None and now - attempts[0] >= self.fails_for
+            if event.event_id in self.failing and event.event_id not in self.healed and not over:
                 raise RuntimeError(f"failure {len(attempts)} of {event.event_id}")
         for event in events:
             self.handled[event.event_id] = now
@@ -171,6 +174,36 @@ async def test_a_failing_handler_is_tried_again_after_growing_waits_then_parked_
         )
         == 0
     )
+
+
+async def test_a_handler_failing_for_longer_than_a_burst_of_redeliveries_recovers_its_message(
+    session_env: TestEnvironment, channel: AbstractChannel, queue_spec: QueueSpec
+) -> None:
+    # The issue's 30 s outage scaled down: 10 s of failures, which a quorum queue's 10
+    # redeliveries, at most a second apart, used up in less, against at least
+    # (2 + 4 + 8 + 8) / 2 = 11 s of waits over 5 attempts.
+    settings = session_env.settings(retry_initial_delay=2.0, retry_max_delay=8.0, max_attempts=5)
+    handler = FlakyHandler(fails_for=10.0)
+    event = placed()
+    handler.failing.add(event.event_id)
+
+    async with consuming(settings, channel, queue_spec, handler):
+        await publish(channel, queue_spec, event)
+        await wait_until(
+            lambda: _value(event.event_id in handler.handled or _gone(handler, event)),
+            deadline=60,
+            what="the message handled, or given up",
+        )
+
+    attempts = handler.tried[event.event_id]
+    assert event.event_id in handler.handled, [round(t - attempts[0], 2) for t in attempts]
+    assert len(attempts) <= 5
+    assert await _parked(channel, queue_spec) is None
+
+
+def _gone(handler: FlakyHandler, event: Event) -> bool:
+    # Five failed attempts: it is parked, or on the old code still being redelivered.
+    return len(handler.tried.get(event.event_id, [])) > 5
 
 
 async def test_a_message_waiting_for_its_next_attempt_holds_up_no_other_message(
