@@ -29,7 +29,8 @@ from acme_orders.core.settings import Settings
 RETRY_EXCHANGE = "acme.events.retry"
 # The attempt a delivery is: absent on the first one, n on the copy that comes back for attempt n.
 ATTEMPT_HEADER = "x-acme-attempt"
-# The error of the attempt before, on each copy that comes back, and on the parked message.
+# The error that sent a copy to wait: that of the attempt before it. A parked message carries it
+# too, from its last wait; the error of its last attempt is in its dead-letter reason.
 LAST_ERROR_HEADER = "x-acme-last-error"
 # Header values are kept short: a traceback does not belong in a message.
 ERROR_CHARS = 1000
