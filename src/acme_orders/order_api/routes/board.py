@@ -37,7 +37,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from acme_orders.core import topology
-from acme_orders.core.database import Connection
+from acme_orders.core.database import DATABASE_ERRORS, Connection
 from acme_orders.core.messaging import connect_once
 from acme_orders.core.orders import OrderStatus
 from acme_orders.core.outbox import backlog
@@ -206,7 +206,7 @@ class Snapshots:
         try:
             snapshot |= await self._database()
             snapshot["database"] = None
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             logger.warning("board: database unavailable: %r", exc)
             snapshot["database"] = "unavailable"
         queues, problem = await self._broker.read()
