@@ -356,3 +356,6 @@ async def test_orders_wait_out_the_database_refusing_work_and_none_is_dead_lette
         set(clients.accepted.values()) | stored,
         start_stock,
     )
+    for consumer in ("inventory", "payment", "notification"):
+        # ConsumerRunner.retry_later's line: a message requeued, one of its deliveries spent.
+        assert "; will retry" not in deployment.logs(consumer), f"{consumer} requeued a message"
