@@ -14,6 +14,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from acme_orders.core import database, messaging
 from acme_orders.core.runtime import pid_alive
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
+
+RABBITMQCTL_TIMEOUT = 60
 
 
 class ScratchError(RuntimeError):
@@ -45,17 +48,28 @@ class Rabbitmqctl:
                 f"{self.command[0]} is not on PATH: vhosts are made with {shlex.join(self.command)}"
                 " (run where RabbitMQ runs, as root or the rabbitmq user, or name another command)"
             )
-        result = subprocess.run(
+        # A session of its own, so that a timeout kills the whole of it: rabbitmqctl run as root
+        # is `su rabbitmq -c ...` around an Erlang VM, and killing only `su` leaves the VM holding
+        # one of the few distribution ports every later rabbitmqctl needs.
+        with subprocess.Popen(
             [executable, *self.command[1:], "-q", *args],
-            input=stdin if stdin is not None else "",
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ScratchError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
-        return result.stdout
+            start_new_session=True,
+        ) as process:
+            try:
+                stdout, stderr = process.communicate(stdin or "", timeout=RABBITMQCTL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise ScratchError(
+                    f"rabbitmqctl {' '.join(args)} did not finish within {RABBITMQCTL_TIMEOUT} s"
+                ) from None
+        if process.returncode != 0:
+            raise ScratchError(f"rabbitmqctl {' '.join(args)} failed: {stderr.strip()}")
+        return stdout
 
 
 @dataclass(frozen=True, slots=True)
