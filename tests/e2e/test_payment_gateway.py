@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from decimal import Decimal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import aio_pika
 import asyncpg
 import pytest
 
-from acme_orders.core.events import EXCHANGE, InventoryReserved, OrderLine
+from acme_orders.core.events import EXCHANGE, InventoryReserved
 from acme_orders.payment.gateway import charge_idempotency_key, payment_id_for
 from tests.support.environment import TestEnvironment
+from tests.support.events import event_message, reserved_order
 from tests.support.processes import ServiceProcess
 from tests.support.system import start_service
 from tests.support.waiting import wait_until
@@ -37,13 +37,7 @@ async def publish(rabbitmq_url: str, event: InventoryReserved) -> None:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(EXCHANGE)
         await exchange.publish(
-            aio_pika.Message(
-                event.model_dump_json().encode(),
-                content_type="application/json",
-                message_id=str(event.event_id),
-                type=event.event_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
+            event_message(event),
             routing_key=event.routing_key,
         )
 
@@ -51,21 +45,8 @@ async def publish(rabbitmq_url: str, event: InventoryReserved) -> None:
 async def test_a_charge_redelivered_after_a_crash_reaches_the_gateway_with_the_same_key(
     fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
 ) -> None:
-    order_id = uuid4()
-    total = Decimal("19.90")
-    await fresh_pool.execute(
-        "INSERT INTO orders (id, customer_id, email, status, total) "
-        "VALUES ($1, 'C1', 'c1@example.com', 'reserved', $2)",
-        order_id,
-        total,
-    )
-    event = InventoryReserved(
-        order_id=order_id,
-        customer_id="C1",
-        email="c1@example.com",
-        items=(OrderLine(sku="TSHIRT-BLK-M", qty=1, unit_price=total),),
-        total=total,
-    )
+    event = await reserved_order(fresh_pool)
+    order_id = event.order_id
     env = fresh_env.environ()
     # Holds the payment's transaction between the gateway's answer and its commit: the payment
     # is recorded last, and this lock keeps that insert waiting.

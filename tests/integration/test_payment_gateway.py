@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from decimal import Decimal
-from uuid import uuid4
 
 import aio_pika
 import asyncpg
@@ -14,7 +12,7 @@ import pytest
 
 from acme_orders.core import consumer as consumer_module
 from acme_orders.core.consumer import serve_consumers
-from acme_orders.core.events import EXCHANGE, InventoryReserved, OrderLine
+from acme_orders.core.events import EXCHANGE
 from acme_orders.core.messaging import DELIVERY_LIMIT
 from acme_orders.core.topology import PAYMENT, PAYMENT_INVENTORY_RESERVED
 from acme_orders.payment.gateway import (
@@ -26,6 +24,7 @@ from acme_orders.payment.gateway import (
 )
 from acme_orders.payment.service import consumers
 from tests.support.environment import TestEnvironment
+from tests.support.events import reserved_order
 from tests.support.waiting import wait_until
 
 
@@ -50,21 +49,8 @@ async def test_a_gateway_that_does_not_answer_delays_the_order_and_never_parks_i
     monkeypatch.setattr(consumer_module, "RETRY_PAUSE_MAX", 0.01)
     # Longer than RabbitMQ would let a message be delivered before it dead-letters it.
     gateway = UnansweringGateway(silent=DELIVERY_LIMIT + 5)
-    order_id = uuid4()
-    total = Decimal("19.90")
-    await fresh_pool.execute(
-        "INSERT INTO orders (id, customer_id, email, status, total) "
-        "VALUES ($1, 'C1', 'c1@example.com', 'reserved', $2)",
-        order_id,
-        total,
-    )
-    event = InventoryReserved(
-        order_id=order_id,
-        customer_id="C1",
-        email="c1@example.com",
-        items=(OrderLine(sku="TSHIRT-BLK-M", qty=1, unit_price=total),),
-        total=total,
-    )
+    event = await reserved_order(fresh_pool)
+    order_id = event.order_id
     settings = fresh_env.settings()
     stop = asyncio.Event()
     service = asyncio.create_task(
