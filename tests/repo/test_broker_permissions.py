@@ -6,7 +6,7 @@ events), so adding a queue or an event without updating the definitions fails th
 RabbitMQ's rules (https://www.rabbitmq.com/docs/access-control): declaring an exchange or queue
 needs `configure` on it, and a queue with a dead-letter exchange also `write` on that exchange and
 `read` on the queue; binding a queue needs `write` on the queue and `read` on the exchange (and on
-a topic exchange, topic `read` on the binding key); publishing needs `write` on the exchange (and
+a topic exchange, topic `read` on the binding key, and so does unbinding); publishing needs `write` on the exchange (and
 topic `write` on the routing key); consuming needs `read` on the queue."""
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def consumer_needs(specs: tuple[QueueSpec, ...] | list[QueueSpec]) -> Needs:
         configure={EXCHANGE, DEAD_LETTER_EXCHANGE} | queues | dlqs,
         write={DEAD_LETTER_EXCHANGE} | queues | dlqs,
         read={EXCHANGE, DEAD_LETTER_EXCHANGE} | queues,
-        topic_read={key for spec in specs for key in spec.routing_keys},
+        # Unbinding a retired key is checked as binding it is.
+        topic_read={key for spec in specs for key in (*spec.routing_keys, *spec.retired_keys)},
     )
 
 
@@ -81,7 +82,7 @@ NAMES = (
 )
 ROUTING_KEYS = (
     EVENT_KEYS
-    | {key for spec in ALL_QUEUES for key in spec.routing_keys}
+    | {key for spec in ALL_QUEUES for key in (*spec.routing_keys, *spec.retired_keys)}
     | {"#", "*.*", "payment.#", "bench.drain", "order.placed.x", "test.happened"}
 )
 
