@@ -6,8 +6,9 @@ events), so adding a queue or an event without updating the definitions fails th
 RabbitMQ's rules (https://www.rabbitmq.com/docs/access-control): declaring an exchange or queue
 needs `configure` on it, and a queue with a dead-letter exchange also `write` on that exchange and
 `read` on the queue; binding a queue needs `write` on the queue and `read` on the exchange (and on
-a topic exchange, topic `read` on the binding key, and so does unbinding); publishing needs `write` on the exchange (and
-topic `write` on the routing key); consuming needs `read` on the queue."""
+a topic exchange, topic `read` on the binding key), and so does unbinding it; publishing needs
+`write` on the exchange (and topic `write` on the routing key); consuming needs `read` on the
+queue."""
 
 from __future__ import annotations
 
