@@ -435,3 +435,29 @@ async def test_a_dead_letter_copy_never_confirmed_times_out_and_the_message_is_g
         await proxy.stop()
         await proxied.close()
         await direct.close()
+
+
+async def test_a_dead_letter_copy_no_queue_takes_is_not_a_copy_and_the_message_is_given_back(
+    settings: Settings, pool: asyncpg.Pool, channel: AbstractChannel, queue_spec: QueueSpec
+) -> None:
+    """Its DLQ deleted, the queue's copies are returned unroutable: the broker confirms a returned
+    message too, so the confirm alone does not make a copy."""
+    queue = await declare_queue(channel, queue_spec, settings.quorum_group_size)
+    await channel.queue_delete(queue_spec.dead_letter_queue)
+    await publish(channel, queue_spec, b"\x00\xffnot json")
+    message = await wait_until(lambda: queue.get(fail=False), what="the message delivered")
+    runner = ConsumerRunner(
+        Consumer("testsvc", queue_spec, [Route(OrderPlaced, Recorder())]),
+        pool,
+        await declare_dead_letter_exchange(channel),
+        asyncio.Event(),
+        max_batch=1,
+    )
+    given_back_before = consumed("given_back")
+
+    await runner.process([message])
+
+    back = await wait_until(lambda: queue.get(fail=False), what="the message given back")
+    assert back.body == message.body
+    assert consumed("given_back") == given_back_before + 1
+    await back.ack()
