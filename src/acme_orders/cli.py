@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope",
         required=True,
         choices=[scope.value for scope in api_keys.Scope],
-        help="orders:write places orders and reads its own; admin reads every order",
+        help="orders:write places orders and reads its own; admin reads every order; metrics "
+        "reads GET /metrics only (for Prometheus)",
     )
     apikey_create_parser.set_defaults(
         handler=lambda args: commands_.apikey_create(args.name, args.scope)
@@ -116,7 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
         "events, keeping the order history",
     )
     forget_parser.add_argument("customer_id", help="the customer_id their orders were placed with")
-    forget_parser.set_defaults(handler=lambda args: commands_.forget(args.customer_id))
+    forget_parser.add_argument(
+        "--key",
+        metavar="NAME",
+        dest="placed_with",
+        help="on behalf of this API key's client: erase only the orders this key placed, and "
+        "refuse a customer it placed none for",
+    )
+    forget_parser.set_defaults(
+        handler=lambda args: commands_.forget(args.customer_id, args.placed_with)
+    )
 
     trace_parser = commands.add_parser(
         "trace",

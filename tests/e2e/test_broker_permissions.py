@@ -22,6 +22,7 @@ from aio_pika.exceptions import AMQPError
 from acme_orders.core import messaging
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.orders import FINAL_STATUSES
+from acme_orders.core.retries import RETRY_EXCHANGE, retry_queue_name
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED, PAYMENT_INVENTORY_RESERVED, QUEUES
 from tests.support.api import one_line_order
 from tests.support.broker_users import definitions_for, imported
@@ -57,6 +58,15 @@ async def refused(url: str, action: str, *, key: str = "order.placed") -> bool:
         if action == "publish an event":
             exchange = await channel.get_exchange(EXCHANGE, ensure=False)
             await exchange.publish(aio_pika.Message(b"{}"), routing_key=key, timeout=10)
+        elif action.startswith("retry into "):
+            exchange = await channel.get_exchange(RETRY_EXCHANGE, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(b"{}"), routing_key=action.removeprefix("retry into "), timeout=10
+            )
+        elif action == "publish to the default exchange":
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"{}"), routing_key=PAYMENT_INVENTORY_RESERVED.name, timeout=10
+            )
         elif action.startswith("consume "):
             queue = await channel.get_queue(action.removeprefix("consume "), ensure=False)
             await queue.get(no_ack=False, fail=False, timeout=10)
@@ -163,6 +173,14 @@ FORBIDDEN = [
     ("acme-board", "publish an event"),
     ("acme-board", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
     ("acme-board", "declare a queue"),
+    # A retry goes to the service's own retry queues, never into a work queue or another's.
+    ("acme-inventory", f"retry into {retry_queue_name(PAYMENT_INVENTORY_RESERVED.name, 1)}"),
+    ("acme-inventory", f"retry into {PAYMENT_INVENTORY_RESERVED.name}"),
+    ("acme-payment", f"retry into {PAYMENT_INVENTORY_RESERVED.name}"),
+    ("acme-publisher", f"retry into {retry_queue_name(PAYMENT_INVENTORY_RESERVED.name, 1)}"),
+    ("acme-migrate", f"retry into {retry_queue_name(PAYMENT_INVENTORY_RESERVED.name, 1)}"),
+    ("acme-inventory", "publish to the default exchange"),
+    ("acme-payment", "publish to the default exchange"),
 ]
 
 
@@ -187,6 +205,8 @@ async def test_the_publisher_may_publish_events_only_and_the_operator_list_dead_
     )
 
     assert not await refused(broker_users["acme-publisher"], "publish an event")
+    own_retry = f"retry into {retry_queue_name(PAYMENT_INVENTORY_RESERVED.name, 1)}"
+    assert not await refused(broker_users["acme-payment"], own_retry)
     assert await refused(broker_users["acme-publisher"], "publish an event", key="bench.drain")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout == "no dead letters\n"

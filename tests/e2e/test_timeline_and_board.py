@@ -7,21 +7,30 @@ BOARD_SCREENSHOT_TO_DOCS=1 it also replaces docs/board.png, the README's picture
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import os
+import secrets
 import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 from playwright.async_api import Page, Request
 
 from acme_orders.core.topology import QUEUES
+from acme_orders.ops.api_keys import Scope, create_key, revoke_key
 from tests.support.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
-from tests.support.processes import OUTPUT_DIR, acme_orders
+from tests.support.environment import create_environment, drop_environment
+from tests.support.processes import OUTPUT_DIR, acme_orders, free_port
 from tests.support.products import NewProduct, add_product
-from tests.support.system import System
+from tests.support.system import System, start_service
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -190,3 +199,114 @@ async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
     assert not elsewhere, f"the board loaded from elsewhere: {elsewhere}"
     if os.environ.get("BOARD_SCREENSHOT_TO_DOCS") == "1":
         shutil.copyfile(screenshot, ROOT / "docs" / "board.png")
+
+
+# The board API of the stream tests: keys required, read again every half second, each open
+# stream's key checked every second, and room for two streams.
+RECHECK = 1.0
+KEY_TTL = 0.5
+MAX_STREAMS = 2
+
+
+@dataclass
+class BoardApi:
+    client: httpx.AsyncClient
+    pool: asyncpg.Pool
+
+    async def new_admin_key(self) -> tuple[str, dict[str, str]]:
+        name = f"board-{secrets.token_hex(4)}"
+        token = await create_key(self.pool, name, Scope.ADMIN)
+        return name, {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def board_api() -> AsyncIterator[BoardApi]:
+    """An API process of the test's own (its own database and vhost, so that its count of open
+    streams is the test's alone)."""
+    env = await create_environment(QUEUES)
+    pool = await asyncpg.create_pool(env.database_url, min_size=1, max_size=2)
+    assert pool is not None
+    port = free_port()
+    environ = env.environ(
+        API_PORT=str(port),
+        AUTH_DISABLED="0",
+        API_KEY_CACHE_TTL=str(KEY_TTL),
+        BOARD_STREAM_RECHECK=str(RECHECK),
+        BOARD_MAX_STREAMS=str(MAX_STREAMS),
+    )
+    try:
+        process = await start_service("api", environ, "api-board-streams")
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                yield BoardApi(client, pool)
+        finally:
+            await process.stop()
+    finally:
+        await pool.close()
+        await drop_environment(env.name)
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """The (event, data) of each server-sent event of a stream, comments skipped."""
+    event, data = "message", []
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            yield event, "\n".join(data)
+            event, data = "message", []
+
+
+async def test_the_board_stream_of_a_revoked_key_ends_within_the_recheck(
+    board_api: BoardApi,
+) -> None:
+    name, key = await board_api.new_admin_key()
+    seen: list[str] = []
+    async with board_api.client.stream("GET", "/board/stream", headers=key) as response:
+        assert response.status_code == 200
+        events = sse_events(response)
+        seen.append((await anext(events))[0])
+        await revoke_key(board_api.pool, name)
+        # The key cache's TTL, then one recheck, and room for a slow machine.
+        within = KEY_TTL + RECHECK + 8
+        try:
+            async with asyncio.timeout(within):
+                async for event, data in events:
+                    seen.append(event)
+                    last = data
+        except TimeoutError:
+            pytest.fail(f"the stream of the revoked key was still open after {within}s: {seen}")
+
+    assert seen[0] == "snapshot"
+    assert seen[-1] == "end"
+    assert "revoked" in json.loads(last)["reason"]
+    again = await board_api.client.get("/board/stream", headers=key)
+    assert again.status_code == 401
+
+
+async def test_one_board_stream_past_the_cap_is_refused_with_a_message(
+    board_api: BoardApi,
+) -> None:
+    _, key = await board_api.new_admin_key()
+    client = board_api.client
+    # The third as a stream too (not a plain GET), so that a stream let in does not hang the test.
+    async with (
+        client.stream("GET", "/board/stream", headers=key) as first,
+        client.stream("GET", "/board/stream", headers=key) as second,
+        client.stream("GET", "/board/stream", headers=key) as refused,
+    ):
+        if refused.status_code != 200:
+            await refused.aread()
+
+    async def admitted_again() -> httpx.Response | None:
+        async with client.stream("GET", "/board/stream", headers=key) as response:
+            return response if response.status_code == 200 else None
+
+    # The two closed streams gave their places back.
+    await wait_until(admitted_again, deadline=10, what="a stream to be admitted again")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert refused.status_code == 503
+    assert "BOARD_MAX_STREAMS" in refused.json()["detail"]
+    assert int(refused.headers["retry-after"]) >= 1

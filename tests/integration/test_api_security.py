@@ -3,18 +3,22 @@ database: API keys and their scopes, owners of orders, the rate limit on placing
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from uuid import uuid4
 
 import asyncpg
 import httpx
 import pytest
+from fastapi import APIRouter
+from starlette.routing import BaseRoute, Route
 
 from acme_orders.core.settings import Settings
 from acme_orders.ops.api_keys import Scope, create_key, revoke_key
-from tests.support.api import api_client
+from acme_orders.order_api.app import create_app
+from tests.support.api import api_client, app_client
 from tests.support.products import NewProduct
 from tests.support.waiting import wait_until
 
@@ -157,21 +161,86 @@ async def test_an_admin_key_reads_every_order_but_does_not_place_any(
     assert await pool.fetchval("SELECT count(*) FROM orders") == orders_before
 
 
-async def test_metrics_need_an_admin_key(api: httpx.AsyncClient, new_key: NewKey) -> None:
+async def test_metrics_need_a_metrics_or_an_admin_key(
+    api: httpx.AsyncClient, new_key: NewKey
+) -> None:
     writer, admin = await new_key(Scope.ORDERS_WRITE), await new_key(Scope.ADMIN)
+    scraper = await new_key(Scope.METRICS)
 
     anonymous = await api.get("/metrics")
     as_writer = await api.get("/metrics", headers=writer)
     as_admin = await api.get("/metrics", headers=admin)
+    as_scraper = await api.get("/metrics", headers=scraper)
 
     assert anonymous.status_code == 401
+    # The figures say how busy the whole shop is: not for a client's key.
     assert as_writer.status_code == 403
-    assert as_admin.status_code == 200
-    assert as_admin.headers["content-type"].startswith("text/plain")
+    assert "this needs 'metrics' or 'admin'" in as_writer.json()["detail"]
+    assert as_admin.status_code == as_scraper.status_code == 200
+    assert as_scraper.headers["content-type"].startswith("text/plain")
     # The refused requests were timed too.
     assert 'acme_http_request_seconds_count{method="GET",route="/metrics",status="401"}' in (
-        as_admin.text
+        as_scraper.text
     )
+
+
+def every_route(routes: Iterable[BaseRoute]) -> list[tuple[str, str]]:
+    """(method, path) of every route, as its router declares it, in included routers too."""
+    found = []
+    for route in routes:
+        if isinstance(route, Route):
+            found += [
+                (method, route.path) for method in sorted(route.methods or ()) if method != "HEAD"
+            ]
+        # FastAPI (0.165) keeps an included router as one route holding it; its routes carry the
+        # router's prefix already (app.py includes them with none of its own).
+        included: APIRouter | None = getattr(route, "original_router", None)
+        if included is not None:
+            found += every_route(included.routes)
+    return found
+
+
+async def test_a_metrics_key_reads_the_metrics_and_nothing_else(
+    settings: Settings, new_product: NewProduct, new_key: NewKey, pool: asyncpg.Pool
+) -> None:
+    sku = await new_product(stock=5)
+    scraper = await new_key(Scope.METRICS)
+    app = create_app(settings.model_copy(update={"auth_disabled": False}))
+    routes = every_route(app.routes)
+    orders_before = await pool.fetchval("SELECT count(*) FROM orders")
+
+    async with app_client(app) as api:
+        # (method, path) -> (the status without a key, with the metrics key)
+        answers: dict[tuple[str, str], tuple[int, int]] = {}
+        for method, path in routes:
+            # Any path parameter: an order id, of no order.
+            url = re.sub(r"\{[^}]+\}", str(uuid4()), path)
+            body = order_body(sku) if method == "POST" else None
+            without_key = await api.request(method, url, json=body)
+            with_key = await api.request(method, url, json=body, headers=scraper)
+            answers[method, path] = (without_key.status_code, with_key.status_code)
+
+    # Derived from the app's routes, so a new route is covered too: where a key is needed, a
+    # metrics key is refused (403, not 401: it is a key, of the wrong scope) everywhere but on
+    # /metrics; where none is, it gets what anybody gets.
+    needing_a_key = {route for route, (anonymous, _) in answers.items() if anonymous == 401}
+    assert needing_a_key >= {
+        ("GET", "/metrics"),
+        ("POST", "/orders"),
+        ("GET", "/orders"),
+        ("GET", "/orders/{order_id}"),
+        ("GET", "/orders/{order_id}/events"),
+        ("GET", "/products"),
+        ("GET", "/board/stream"),
+    }
+    for route, (anonymous, as_scraper) in answers.items():
+        if route == ("GET", "/metrics"):
+            assert as_scraper == 200
+        elif anonymous == 401:
+            assert as_scraper == 403, route
+        else:
+            assert as_scraper == anonymous, route
+    assert await pool.fetchval("SELECT count(*) FROM orders") == orders_before
 
 
 async def test_an_order_belongs_to_the_key_that_placed_it(

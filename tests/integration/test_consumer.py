@@ -19,15 +19,10 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aio_pika.exceptions import DeliveryError
 from prometheus_client import REGISTRY
 
-from acme_orders.core import consumer as consumer_module
 from acme_orders.core.consumer import Consumer, ConsumerRunner, Route, serve_consumers
 from acme_orders.core.database import Connection
 from acme_orders.core.events import EXCHANGE, Event, OrderLine, OrderPlaced, PaymentFailed
-from acme_orders.core.messaging import (
-    DELIVERY_LIMIT,
-    declare_dead_letter_exchange,
-    declare_queue,
-)
+from acme_orders.core.messaging import declare_dead_letter_exchange, declare_queue
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
 from acme_orders.inventory.stock import reserve_stock
@@ -52,16 +47,13 @@ def queue_spec() -> QueueSpec:
 
 
 class Recorder:
-    """A handler that remembers what it was given, and can be told to fail."""
+    """A handler that remembers what it was given."""
 
     def __init__(self) -> None:
         self.seen: list[Event] = []
-        self.fail_with: Exception | None = None
 
     async def __call__(self, events: Sequence[OrderPlaced], tx: Connection) -> Sequence[Event]:
         self.seen.extend(events)
-        if self.fail_with is not None:
-            raise self.fail_with
         return []
 
 
@@ -187,36 +179,6 @@ async def test_redelivered_event_is_handled_once(
             event.event_id,
         )
         == 1
-    )
-
-
-async def test_handler_that_keeps_failing_is_dead_lettered_by_the_broker(
-    running: Recorder,
-    channel: AbstractChannel,
-    queue_spec: QueueSpec,
-    pool: asyncpg.Pool,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(consumer_module, "RETRY_PAUSE_MAX", 0.01)
-    running.fail_with = RuntimeError("bug in handler")
-    event = placed()
-
-    await publish(channel, queue_spec, event.model_dump_json().encode())
-    parked = await wait_until(
-        lambda: dead_letters(channel, queue_spec), deadline=30, what="the message in the DLQ"
-    )
-
-    assert len(running.seen) >= DELIVERY_LIMIT
-    deaths = (parked[0].headers or {})["x-death"]
-    assert isinstance(deaths, list)
-    assert isinstance(deaths[0], dict)
-    assert deaths[0]["reason"] == "delivery_limit"
-    # Nothing of the failed attempts was committed.
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM processed_events WHERE event_id = $1", event.event_id
-        )
-        == 0
     )
 
 

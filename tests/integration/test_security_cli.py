@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from acme_orders.ops.api_keys import hash_token
+from acme_orders.ops.api_keys import Scope, create_key, hash_token
 from acme_orders.ops.privacy import FORGOTTEN
 from tests.support.api import api_client
 from tests.support.environment import TestEnvironment
@@ -50,6 +50,19 @@ async def test_apikey_create_prints_the_key_alone_and_the_api_accepts_it(
     assert (stored["scope"], stored["key_hash"]) == ("orders:write", hash_token(token))
     response = await api.get("/products", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
+
+
+async def test_a_metrics_key_made_by_the_cli_reads_the_metrics_and_nothing_else(
+    fresh_env: TestEnvironment, api: httpx.AsyncClient
+) -> None:
+    created = await acme_orders(
+        fresh_env.environ(), "apikey", "create", "prometheus", "--scope", "metrics"
+    )
+
+    assert created.returncode == 0, created.stderr
+    scraper = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    assert (await api.get("/metrics", headers=scraper)).status_code == 200
+    assert (await api.get("/products", headers=scraper)).status_code == 403
 
 
 async def test_apikey_create_refuses_a_taken_name_a_bad_name_and_an_unknown_scope(
@@ -119,15 +132,22 @@ async def test_apikey_revoke_stops_the_key_and_says_so_and_an_unknown_name_fails
         assert (await fresh.get("/products", headers=key)).status_code == 401
 
 
-async def place_with_notification(pool: asyncpg.Pool, customer: str, email: str) -> UUID:
-    """An order as the pipeline leaves it: its events in the outbox and a notification sent."""
+async def place_with_notification(
+    pool: asyncpg.Pool, customer: str, email: str, placed_with: str | None = None
+) -> UUID:
+    """An order as the pipeline leaves it: its events in the outbox and a notification sent;
+    placed with the API key named `placed_with` (None: without a key)."""
     sku = await add_product(pool, stock=5)
     order_id = uuid4()
     await pool.execute(
-        "INSERT INTO orders (id, customer_id, email, total) VALUES ($1, $2, $3, 10)",
+        """
+        INSERT INTO orders (id, customer_id, email, total, api_key_id)
+        VALUES ($1, $2, $3, 10, (SELECT id FROM api_keys WHERE name = $4))
+        """,
         order_id,
         customer,
         email,
+        placed_with,
     )
     await pool.execute(
         "INSERT INTO order_items (order_id, sku, qty, unit_price) VALUES ($1, $2, 1, $3)",
@@ -226,3 +246,66 @@ async def test_forget_warns_about_orders_still_in_progress(
     assert result.returncode == 0, result.stderr
     assert "1 order of this customer still in progress" in result.stderr
     assert "from 1 order," in result.stdout
+
+
+async def test_forget_for_a_key_erases_only_the_orders_that_key_placed(
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
+) -> None:
+    for name in ("shop-a", "shop-b"):
+        await create_key(fresh_pool, name, Scope.ORDERS_WRITE)
+    # One customer id, with orders of both keys: both clients have a customer C-BOTH.
+    of_a = await place_with_notification(fresh_pool, "C-BOTH", "both-a@example.com", "shop-a")
+    of_b = await place_with_notification(fresh_pool, "C-BOTH", "both-b@example.com", "shop-b")
+
+    result = await acme_orders(fresh_env.environ(), "forget", "C-BOTH", "--key", "shop-a")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "erased the e-mail address of customer 'C-BOTH' from 1 order placed with API key "
+        "'shop-a', 1 notification and 1 outbox event; the orders themselves are kept\n"
+    )
+    erased = await rows_of_order(fresh_pool, of_a)
+    kept = await rows_of_order(fresh_pool, of_b)
+    assert "both-a@example.com" not in erased
+    assert FORGOTTEN in erased
+    # Key B's order, its notification and its event still hold their address.
+    assert kept.count("both-b@example.com") == 3
+
+
+async def test_forget_for_a_key_refuses_a_customer_of_other_keys_only_and_erases_nothing(
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool
+) -> None:
+    for name in ("shop-a", "shop-b"):
+        await create_key(fresh_pool, name, Scope.ORDERS_WRITE)
+    of_b = await place_with_notification(fresh_pool, "C-OF-B", "of-b@example.com", "shop-b")
+
+    refused = await acme_orders(fresh_env.environ(), "forget", "C-OF-B", "--key", "shop-a")
+    nobody = await acme_orders(fresh_env.environ(), "forget", "C-NOBODY", "--key", "shop-a")
+    no_such_key = await acme_orders(fresh_env.environ(), "forget", "C-OF-B", "--key", "shop-z")
+
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.strip() == (
+        "acme-orders forget: PostgreSQL: API key 'shop-a' placed no order for customer 'C-OF-B': "
+        "a key can only have its own customers forgotten; nothing was erased"
+    )
+    # The same answer for a customer nobody has: the key learns nothing of other clients'.
+    assert nobody.returncode == 1
+    assert nobody.stderr.replace("C-NOBODY", "C-OF-B") == refused.stderr
+    assert no_such_key.returncode == 1
+    assert "no API key is named 'shop-z'" in no_such_key.stderr
+    assert (await rows_of_order(fresh_pool, of_b)).count("of-b@example.com") == 3
+
+
+async def rows_of_order(pool: asyncpg.Pool, order_id: UUID) -> str:
+    """The order's row, its notifications' and its outbox events', as text to search."""
+    rows = [
+        row
+        for table, column in (
+            ("orders", "id"),
+            ("notifications", "order_id"),
+            ("event_outbox", "order_id"),
+        )
+        for row in await pool.fetch(f"SELECT * FROM {table} WHERE {column} = $1", order_id)
+    ]
+    return "\n".join(str(dict(row)) for row in rows)

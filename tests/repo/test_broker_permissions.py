@@ -8,10 +8,12 @@ needs `configure` on it, and a queue with a dead-letter exchange also `write` on
 `read` on the queue; binding a queue needs `write` on the queue and `read` on the exchange (and on
 a topic exchange, topic `read` on the binding key), and so does unbinding it; publishing needs
 `write` on the exchange (and topic `write` on the routing key); consuming needs `read` on the
-queue."""
+queue; deleting a queue needs `configure` on it. A user with no topic permission on a topic
+exchange may use any routing key there, so every user has one on each of ours."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ import pytest
 from acme_orders.core import topology
 from acme_orders.core.events import EVENT_TYPES, EXCHANGE
 from acme_orders.core.messaging import DEAD_LETTER_EXCHANGE
+from acme_orders.core.retries import RETRY_EXCHANGE, retry_queue_name
+from acme_orders.core.settings import MAX_ATTEMPTS_LIMIT
 from acme_orders.core.topology import QueueSpec
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
@@ -39,25 +43,40 @@ class Needs:
     read: set[str] = field(default_factory=set)
     topic_write: set[str] = field(default_factory=set)
     topic_read: set[str] = field(default_factory=set)
+    # Topic permissions on acme.events.retry.
+    retry_write: set[str] = field(default_factory=set)
+    retry_read: set[str] = field(default_factory=set)
+
+
+def retry_queues(spec: QueueSpec) -> set[str]:
+    """Every retry queue the queue may have, whatever MAX_ATTEMPTS says."""
+    return {retry_queue_name(spec.name, attempt) for attempt in range(1, MAX_ATTEMPTS_LIMIT)}
 
 
 def consumer_needs(specs: tuple[QueueSpec, ...] | list[QueueSpec]) -> Needs:
-    """Declare both exchanges, each queue (with its dead-letter exchange) and its DLQ, bind them,
-    consume the queues, and publish dead letters to the dead-letter exchange."""
+    """Declare the three exchanges, each queue (with its dead-letter exchange), its DLQ and its
+    retry queues (each with the retry exchange as its dead-letter exchange), bind them, consume
+    the queues, publish dead letters to the dead-letter exchange and retries to the retry
+    exchange, with each retry queue's name as routing key; and, for migrate, unbind and delete
+    the retry queues no longer used."""
     queues = {spec.name for spec in specs}
     dlqs = {spec.dead_letter_queue for spec in specs}
+    retries = {name for spec in specs for name in retry_queues(spec)}
     return Needs(
-        configure={EXCHANGE, DEAD_LETTER_EXCHANGE} | queues | dlqs,
-        write={DEAD_LETTER_EXCHANGE} | queues | dlqs,
-        read={EXCHANGE, DEAD_LETTER_EXCHANGE} | queues,
+        configure={EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE} | queues | dlqs | retries,
+        write={DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE} | queues | dlqs | retries,
+        read={EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE} | queues | retries,
         # Unbinding a retired key is checked as binding it is.
         topic_read={key for spec in specs for key in (*spec.routing_keys, *spec.retired_keys)},
+        retry_write=retries,
+        retry_read=queues | retries,
     )
 
 
 NEEDS: dict[str, Needs] = {
-    # migrate declares the whole topology, as every consumer does for its own part.
-    "acme-migrate": consumer_needs(ALL_QUEUES),
+    # migrate declares the whole topology, as every consumer does for its own part, but
+    # publishes no retry.
+    "acme-migrate": dataclasses.replace(consumer_needs(ALL_QUEUES), retry_write=set()),
     # Declares acme.events and publishes every event to it; reads nothing.
     f"acme-{topology.PUBLISHER}": Needs(
         configure={EXCHANGE}, write={EXCHANGE}, topic_write=EVENT_KEYS
@@ -76,15 +95,28 @@ NEEDS: dict[str, Needs] = {
 # Every name a permission could be asked about: the system's, and some that are not (a new
 # service's queue, the bench's, RabbitMQ's own exchanges), which nobody may touch.
 NAMES = (
-    {EXCHANGE, DEAD_LETTER_EXCHANGE, DEFAULT_EXCHANGE, "amq.topic", "amq.direct", "acme.events.dlq"}
+    {EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE, DEFAULT_EXCHANGE, "amq.topic", "amq.direct"}
+    | {"acme.events.dlq"}
     | {spec.name for spec in ALL_QUEUES}
     | {spec.dead_letter_queue for spec in ALL_QUEUES}
+    | {name for spec in ALL_QUEUES for name in retry_queues(spec)}
     | {"analytics.all-events", "bench.drain", "inventory.other", "payment.inventory.reserved.x"}
+    | {"payment.inventory.reserved.retry.x", "payment.inventory.reserved.retry.1.dlq"}
+    | {"payment.inventory.reserved.retry.", "analytics.all-events.retry.1"}
 )
 ROUTING_KEYS = (
     EVENT_KEYS
     | {key for spec in ALL_QUEUES for key in (*spec.routing_keys, *spec.retired_keys)}
     | {"#", "*.*", "payment.#", "bench.drain", "order.placed.x", "test.happened"}
+)
+
+
+# Every routing key a retry could be published or bound with: ours and some that are not.
+RETRY_KEYS = (
+    {spec.name for spec in ALL_QUEUES}
+    | {name for spec in ALL_QUEUES for name in retry_queues(spec)}
+    | {"#", "*.*.*", "analytics.all-events", "analytics.all-events.retry.1"}
+    | {"payment.inventory.reserved.retry.x", "payment.inventory.reserved.retry.#"}
 )
 
 
@@ -106,12 +138,19 @@ def granted(user: str) -> Needs:
     [topic] = [
         t for t in document["topic_permissions"] if t["user"] == user and t["exchange"] == EXCHANGE
     ]
+    [retry] = [
+        t
+        for t in document["topic_permissions"]
+        if t["user"] == user and t["exchange"] == RETRY_EXCHANGE
+    ]
     return Needs(
         configure=allowed(permission["configure"], NAMES),
         write=allowed(permission["write"], NAMES),
         read=allowed(permission["read"], NAMES),
         topic_write=allowed(topic["write"], ROUTING_KEYS),
         topic_read=allowed(topic["read"], ROUTING_KEYS),
+        retry_write=allowed(retry["write"], RETRY_KEYS),
+        retry_read=allowed(retry["read"], RETRY_KEYS),
     )
 
 
@@ -139,3 +178,6 @@ def test_no_consumer_may_publish_an_event() -> None:
         rights = granted(f"acme-{name}")
         assert EXCHANGE not in rights.write, name
         assert not rights.topic_write, name
+        # Its retries go to its own retry queues only, never into a work queue.
+        assert DEFAULT_EXCHANGE not in rights.write, name
+        assert not rights.retry_write & {spec.name for spec in ALL_QUEUES}, name

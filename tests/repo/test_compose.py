@@ -16,6 +16,7 @@ import yaml
 from acme_orders.core.observability.metrics import ALL_METRICS, exported_names
 from acme_orders.core.observability.metrics_server import metrics_port
 from acme_orders.core.settings import Settings
+from acme_orders.ops.api_keys import PREFIX, Scope
 from acme_orders.ops.broker_definitions import password_variable, users_of
 from acme_orders.services import SERVICES
 
@@ -553,6 +554,38 @@ def test_prometheus_scrapes_every_app_service_on_the_port_it_serves_metrics_on()
     # The configuration Prometheus reads is the file checked here.
     assert mounts(found["prometheus"])["/etc/prometheus/prometheus.yml"] == (
         "./deploy/prometheus/prometheus.yml"
+    )
+
+
+def test_prometheus_scrapes_the_api_with_a_metrics_key_from_a_file_kept_out_of_git() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    jobs = {
+        target.partition(":")[0]: job
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    compose = load_compose()
+    secret_file = compose["secrets"]["prometheus-api-key"]["file"]
+    default = interpolate(secret_file, {})
+
+    # The API's job sends the key of the compose secret that the Prometheus container is given.
+    assert jobs["orderapi"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "/run/secrets/prometheus-api-key",
+    }
+    assert services()["prometheus"]["secrets"] == ["prometheus-api-key"]
+    # The workers' metrics servers take no key (compose network only): none is sent to them.
+    assert all("authorization" not in job for name, job in jobs.items() if name != "orderapi")
+    # A fresh clone's file holds no key; the documented place of a real one is ignored by git,
+    # and .env.example shows how to make it, of the scope that reads the metrics only.
+    assert default == env_example()["PROMETHEUS_API_KEY_FILE"] == "./deploy/prometheus/no-api-key"
+    assert not (ROOT / default).read_text(encoding="utf-8").strip().startswith(PREFIX)
+    real = "./deploy/prometheus/api-key"
+    assert interpolate(secret_file, {"PROMETHEUS_API_KEY_FILE": real}) == real
+    assert real.removeprefix("./") in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert f"apikey create prometheus --scope {Scope.METRICS.value}" in ENV_EXAMPLE.read_text(
+        encoding="utf-8"
     )
 
 

@@ -85,3 +85,46 @@ async def _pipe(
             await sink.drain()
     # One side closed: close the other, as a server's close would.
     sink.transport.abort()
+
+
+class HangingTcpProxy(TcpProxy):
+    """A TcpProxy that counts the connections clients open (`accepted`, answered or not) and can
+    also `hang()`: drop the connections open and take new ones but never answer on them, as a
+    server that is there but stuck (or a network that drops every packet) would, so that each
+    client waits for its own timeout. `restore()` forwards again."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        super().__init__(target_host, target_port)
+        self.accepted = 0
+        self._hanging: set[asyncio.StreamWriter] | None = None
+
+    async def hang(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        self._hanging = set()
+
+    async def restore(self) -> None:
+        if self._hanging is not None:
+            # The connections left hanging: their clients gave up on them long ago, if not, now.
+            for writer in self._hanging:
+                writer.transport.abort()
+            self._hanging = None
+        if self._server is None:
+            await super().restore()
+
+    async def _forward(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        self.accepted += 1
+        if self._hanging is None:
+            await super()._forward(client_in, client_out)
+            return
+        hanging = self._hanging
+        hanging.add(client_out)
+        # Read and drop what the client sends, until it gives up or restore() drops it.
+        with contextlib.suppress(ConnectionError, OSError):
+            while await client_in.read(65536):
+                pass
+        hanging.discard(client_out)
+        client_out.transport.abort()

@@ -13,12 +13,12 @@ from acme_orders.ops.privacy import mask_email
 @pytest.mark.parametrize(
     ("address", "masked"),
     [
-        ("c100@example.com", "c1***@example.com"),
-        ("a@example.com", "a***@example.com"),
+        ("c100@example.com", "c1***@e***.com"),
+        ("a@example.com", "a***@e***.com"),
         ("no-at-sign", "***"),
     ],
 )
-def test_mask_email_keeps_two_letters_and_the_domain(address: str, masked: str) -> None:
+def test_mask_email_keeps_two_letters_and_the_top_level_domain(address: str, masked: str) -> None:
     assert mask_email(address) == masked
 
 

@@ -106,7 +106,16 @@ def test_the_rate_limit_is_on_by_default_and_zero_turns_it_off(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("rate_limit_orders_per_second", -1), ("rate_limit_burst", 0), ("api_key_cache_ttl", 0)],
+    [
+        ("rate_limit_orders_per_second", -1),
+        ("rate_limit_burst", 0),
+        ("api_key_cache_ttl", 0),
+        ("api_key_grace", -1),
+        # The promise: a stream's key is checked at least every minute.
+        ("board_stream_recheck", 61),
+        ("board_stream_recheck", 0),
+        ("board_max_streams", 0),
+    ],
 )
 def test_limits_that_make_no_sense_are_refused(field: str, value: float) -> None:
     with pytest.raises(ValidationError, match=field):

@@ -6,12 +6,14 @@ its event model; in one database transaction, record each (service, event_id) in
 processed_events, run the handlers on the events seen for the first time and write the events
 they return to the outbox; commit; then ack each message. A redelivered event finds its row in
 processed_events and changes nothing. A message that can never succeed goes to the queue's
-dead-letter queue with the reason; a handler that fails otherwise is retried (nack and requeue,
-after a pause), and RabbitMQ dead-letters the message once it has been delivered DELIVERY_LIMIT
-times. When a batch fails, its messages are handled again one at a time, so only the message at
-fault is dead-lettered or retried.
+dead-letter queue with the reason; a handler that fails otherwise is retried later: the message
+waits in a retry queue of RabbitMQ, longer after each attempt, and is parked in the dead-letter
+queue with the last error after MAX_ATTEMPTS (see core/retries.py). RabbitMQ dead-letters a message
+delivered DELIVERY_LIMIT times, which guards against one that crashes its consumer. When a batch
+fails, its messages are handled again one at a time, so only the message at fault is
+dead-lettered or retried.
 
-A message is acked only once it was handled or its dead-letter copy was confirmed: when the copy
+A message is acked only once it was handled or a copy of it was confirmed: when a dead-letter copy
 is refused, unroutable or not confirmed within DEAD_LETTER_TIMEOUT, the message is given back to
 its queue (after a pause) instead. A message of a type the queue's routes do not take (the queue
 is bound to exactly their routing keys, so a producer's bug) is parked in the DLQ too, its reason
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,12 +47,25 @@ from pydantic import ValidationError
 
 from acme_orders.core.database import Connection, is_transient
 from acme_orders.core.events import EXCHANGE, Event, caused_by
-from acme_orders.core.messaging import declare_dead_letter_exchange, declare_queue
+from acme_orders.core.messaging import (
+    declare_dead_letter_exchange,
+    declare_queue,
+    declare_retry_queues,
+)
 from acme_orders.core.observability import tracing
 from acme_orders.core.observability.logs import event_log_context
 from acme_orders.core.observability.metrics import ConsumerMetrics, Outcome, event_type_label
 from acme_orders.core.orders import UnprocessableEventError
 from acme_orders.core.outbox import add_to_outbox
+from acme_orders.core.retries import (
+    ATTEMPT_HEADER,
+    LAST_ERROR_HEADER,
+    RetryPolicy,
+    attempt_of,
+    error_text,
+    expiration_ms,
+    retry_queue_name,
+)
 from acme_orders.core.runtime import open_connections, wait_any, wait_or_stop
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
@@ -61,6 +77,23 @@ E = TypeVar("E", bound=Event)
 # The longest wait between two attempts at a batch while the database is away: short, so that
 # orders move again within a second of its return (a failover takes a few seconds).
 RETRY_PAUSE_MAX = 1.0
+
+# Seconds the broker may take to confirm a retry's copy before it counts as refused.
+RETRY_CONFIRM_TIMEOUT = 10.0
+# Headers of the original's earlier deaths in retry queues (RabbitMQ's), not carried to a copy:
+# the attempt header tells its story, and the list would grow with every attempt.
+_DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    }
+)
 
 # Seconds before a message whose dead-letter copy failed is given back: doubling with the
 # message's deliveries, from DEAD_LETTER_PAUSE_FIRST up to DEAD_LETTER_PAUSE_MAX. The batch waits
@@ -140,6 +173,19 @@ class Consumer:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryQueues:
+    """Where a runner sends a failed message to wait for its next attempt: the exchange of its
+    queue's retry queues (messaging.declare_retry_queues), and when it waits how long."""
+
+    exchange: AbstractExchange
+    policy: RetryPolicy
+
+
+class RetryRefusedError(Exception):
+    """The broker did not take a retry's copy (it returned or refused it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """A message decoded into the event its route handles."""
 
@@ -189,6 +235,7 @@ class ConsumerRunner:
         dead_letters: AbstractExchange,
         stop: asyncio.Event,
         max_batch: int,
+        retries: RetryQueues | None = None,
         dead_letter_timeout: float = 10.0,
         open_channel: Callable[[], Awaitable[AbstractChannel]] | None = None,
     ) -> None:
@@ -197,6 +244,8 @@ class ConsumerRunner:
         self.dead_letters = dead_letters
         self.stop = stop
         self.max_batch = max_batch
+        # None (a runner built without retry queues): a failed message is requeued in place.
+        self.retries = retries
         self.dead_letter_timeout = dead_letter_timeout
         # After a failed copy, the next goes out on a new channel of the runner's own, from
         # `open_channel`: RabbitMQ 3.10 remembers on a channel that a quorum DLQ refused it (over
@@ -363,7 +412,7 @@ class ConsumerRunner:
             with event_log_context(deliveries[0].event):
                 await self.dead_letter(deliveries[0].message, str(exc))
         else:
-            self.retry_later(deliveries[0], exc)
+            await self.retry_later(deliveries[0], exc)
 
     async def ack(self, messages: Iterable[AbstractIncomingMessage]) -> None:
         """Ack the messages of a batch: with one multiple-ack when that takes exactly them, else
@@ -429,7 +478,88 @@ class ConsumerRunner:
         self.metrics.emitted(emitted)
         return handled, duplicates
 
-    def retry_later(self, delivery: Delivery, error: Exception) -> None:
+    async def retry_later(self, delivery: Delivery, error: Exception) -> None:
+        """The handler failed for the delivery's own reason: send it to wait for its next attempt,
+        or park it with the error when this was its last one."""
+        message, event = delivery.message, delivery.event
+        if self.retries is None:
+            self.requeue_in_place(delivery, error)
+            return
+        attempt = attempt_of(message.headers)
+        delay = self.retries.policy.delay_after(attempt)
+        with event_log_context(event):
+            if delay is None:
+                logger.error(
+                    "handling %s %s for order %s failed (attempt %d, the last)",
+                    event.event_type,
+                    event.event_id,
+                    event.order_id,
+                    attempt,
+                    exc_info=error,
+                )
+                await self.dead_letter(
+                    message, f"handler failed {attempt} attempt(s); last error: {error_text(error)}"
+                )
+                return
+            logger.error(
+                "handling %s %s for order %s failed (attempt %d); next attempt within %.1fs",
+                event.event_type,
+                event.event_id,
+                event.order_id,
+                attempt,
+                delay,
+                exc_info=error,
+            )
+            try:
+                await self.send_to_retry_queue(message, attempt, delay, error)
+            except Exception:
+                logger.warning(
+                    "could not send message %s to its retry queue; requeued in place",
+                    message.message_id,
+                    exc_info=True,
+                )
+                self.requeue_in_place(delivery, error)
+                return
+        # Only once the broker holds the copy, so the message is never in neither place: a crash
+        # before this line leaves both, and processed_events lets only one of them take effect.
+        await message.ack()
+        self.metrics.consumed(event.event_type, "retried")
+
+    async def send_to_retry_queue(
+        self, message: AbstractIncomingMessage, attempt: int, delay: float, error: Exception
+    ) -> None:
+        """Publish a copy of the message, marked as the next attempt, to the retry queue of this
+        attempt, expiring within `delay` seconds; returns once the broker confirmed it."""
+        assert self.retries is not None
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
+        headers[ATTEMPT_HEADER] = attempt + 1
+        headers[LAST_ERROR_HEADER] = error_text(error)
+        copy = aio_pika.Message(
+            body=message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            type=message.type,
+            app_id=message.app_id,
+            timestamp=message.timestamp,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            expiration=expiration_ms(delay, random.random()) / 1000,
+        )
+        confirmation = await self.retries.exchange.publish(
+            copy,
+            routing_key=retry_queue_name(self.consumer.queue.name, attempt),
+            # Unroutable (its retry queue is missing) comes back, instead of vanishing.
+            mandatory=True,
+            timeout=RETRY_CONFIRM_TIMEOUT,
+        )
+        if not isinstance(confirmation, Basic.Ack):
+            raise RetryRefusedError(f"the broker answered {confirmation!r}")
+
+    def requeue_in_place(self, delivery: Delivery, error: Exception) -> None:
+        """Give the message back to its queue after a short pause, unacked: for when it cannot
+        wait in a retry queue. The queue's delivery limit bounds how often."""
         message, event = delivery.message, delivery.event
         self.metrics.consumed(event.event_type, "retried")
         # Quorum queues count earlier deliveries in this header.
@@ -438,7 +568,7 @@ class ConsumerRunner:
         # The requeue task copies the context: its lines carry the event's fields too.
         with event_log_context(event):
             logger.error(
-                "handling %s %s for order %s failed (delivery %d); will retry",
+                "handling %s %s for order %s failed (delivery %d); requeued",
                 event.event_type,
                 event.event_id,
                 event.order_id,
@@ -575,6 +705,7 @@ async def serve_consumers(
     async with open_connections(settings, stop, service) as connections:
         if connections is None:
             return
+        policy = RetryPolicy.from_settings(settings)
         runners: list[tuple[ConsumerRunner, AbstractQueue, str]] = []
         batch_loops: list[asyncio.Task[None]] = []
         try:
@@ -584,6 +715,10 @@ async def serve_consumers(
                 channel = await connections.broker.channel()
                 await channel.set_qos(prefetch_count=settings.prefetch_count)
                 queue = await declare_queue(channel, consumer.queue, settings.quorum_group_size)
+                retries = RetryQueues(
+                    await declare_retry_queues(channel, queue, policy, settings.quorum_group_size),
+                    policy,
+                )
                 runner = ConsumerRunner(
                     consumer,
                     connections.pool,
@@ -592,6 +727,7 @@ async def serve_consumers(
                     await declare_dead_letter_exchange(channel),
                     stop,
                     settings.prefetch_count,
+                    retries,
                     dead_letter_timeout=settings.dead_letter_timeout,
                     open_channel=connections.broker.channel,
                 )

@@ -21,12 +21,13 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractQueue,
 )
-from aio_pika.exceptions import ChannelPreconditionFailed
+from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 from yarl import URL
 
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.outbox import OutboxRow
-from acme_orders.core.settings import Settings
+from acme_orders.core.retries import RETRY_EXCHANGE, RetryPolicy, retry_queue_name
+from acme_orders.core.settings import MAX_ATTEMPTS_LIMIT, Settings
 from acme_orders.core.topology import QueueSpec
 
 logger = logging.getLogger(__name__)
@@ -181,16 +182,94 @@ async def declare_queue(
     return queue
 
 
+async def declare_retry_exchange(channel: AbstractChannel) -> AbstractExchange:
+    return await channel.declare_exchange(RETRY_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def declare_retry_queues(
+    channel: AbstractChannel, queue: AbstractQueue, policy: RetryPolicy, group_size: int
+) -> AbstractExchange:
+    """Declare the retry queues of a work queue (see core/retries.py), one per attempt that is
+    followed by a wait, and the way back: each retry queue dead-letters what expires in it to
+    `acme.events.retry` with the work queue's name, to which the work queue is bound. Returns
+    the exchange to publish a retry to, with the retry queue's name as routing key; safe to
+    repeat.
+
+    Quorum queues, like the work queues, so that a message waiting for its next attempt survives
+    the loss of a node; their dead-lettering is at-least-once (which RabbitMQ allows only with
+    reject-publish), so that a copy on its way back is never dropped."""
+    exchange = await declare_retry_exchange(channel)
+    await queue.bind(exchange, routing_key=queue.name)
+    for attempt in policy.waits:
+        name = retry_queue_name(queue.name, attempt)
+        retry_queue = await declare_quorum_queue(
+            channel,
+            name,
+            {
+                "x-dead-letter-exchange": RETRY_EXCHANGE,
+                "x-dead-letter-routing-key": queue.name,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+            group_size,
+        )
+        await retry_queue.bind(exchange, routing_key=name)
+    return exchange
+
+
+async def remove_unused_retry_queues(
+    channel: AbstractChannel, queue: str, policy: RetryPolicy
+) -> None:
+    """Delete the retry queues of `queue` that MAX_ATTEMPTS no longer uses, each once it is empty.
+    One that still holds messages is left (they expire back into the work queue, for attempts
+    the settings still allow or to be parked), and the log says so; a later migrate deletes it.
+
+    Quorum queues cannot be deleted "if empty"; instead each is unbound first, so that nothing
+    can arrive in it once it was found empty (a consumer still running with the old settings
+    gets its copy back, unroutable, and requeues the message in place)."""
+    for attempt in range(policy.max_attempts, MAX_ATTEMPTS_LIMIT):
+        name = retry_queue_name(queue, attempt)
+        try:
+            unused = await channel.declare_queue(name, passive=True)
+        except ChannelNotFoundEntity:
+            # The refusal closed the channel.
+            await channel.reopen()
+            continue
+        await unused.unbind(RETRY_EXCHANGE, routing_key=name)
+        left = (await channel.declare_queue(name, passive=True)).declaration_result.message_count
+        if left:
+            logger.warning(
+                "retry queue %s is no longer used (MAX_ATTEMPTS=%d) but holds %d message(s): "
+                "left to drain into %s; a later migrate deletes it",
+                name,
+                policy.max_attempts,
+                left,
+                queue,
+            )
+            continue
+        await unused.delete(if_unused=False, if_empty=False)
+        logger.info("deleted retry queue %s (MAX_ATTEMPTS=%d)", name, policy.max_attempts)
+
+
 async def declare_topology(settings: Settings, queues: Sequence[QueueSpec]) -> None:
     """Declare the exchanges and the given queues, so that events published before a consumer
-    first starts wait in its queue instead of being dropped as unroutable."""
+    first starts wait in its queue instead of being dropped as unroutable, with the retry queues
+    the retry settings call for, and delete those they no longer call for."""
+    policy = RetryPolicy.from_settings(settings)
     connection = await connect_once(settings, "migrate")
     async with connection:
         channel = await connection.channel()
         await declare_exchange(channel)
         for spec in queues:
-            await declare_queue(channel, spec, settings.quorum_group_size)
-            logger.info("declared queue %s -> %s", spec.name, ", ".join(spec.routing_keys))
+            queue = await declare_queue(channel, spec, settings.quorum_group_size)
+            await declare_retry_queues(channel, queue, policy, settings.quorum_group_size)
+            await remove_unused_retry_queues(channel, spec.name, policy)
+            logger.info(
+                "declared queue %s -> %s, with %d retry queue(s)",
+                spec.name,
+                ", ".join(spec.routing_keys),
+                len(policy.waits),
+            )
 
 
 def outbox_message(

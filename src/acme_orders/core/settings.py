@@ -10,6 +10,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The most attempts MAX_ATTEMPTS may ask for; migrate looks for unused retry queues up to here.
+MAX_ATTEMPTS_LIMIT = 20
+
 
 def rabbitmq_nodes(rabbitmq_url: str) -> list[str]:
     """The nodes RABBITMQ_URL names, in its order: one AMQP URL, or several separated by commas."""
@@ -93,6 +96,34 @@ class Settings(BaseSettings):
             "a key created or revoked takes effect within this time."
         ),
     )
+    api_key_grace: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "Seconds past API_KEY_CACHE_TTL the API keeps letting in the keys it last read while "
+            "the database does not answer (keys it does not know get 503, not 401); past it every "
+            "request with a key gets 503 with Retry-After until the keys can be read again."
+        ),
+    )
+    board_stream_recheck: float = Field(
+        30.0,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds between two checks of the key an open /board/stream was opened with; the "
+            "stream of a key revoked meanwhile ends at the next check."
+        ),
+    )
+    board_max_streams: int = Field(
+        20,
+        ge=1,
+        le=10_000,
+        description=(
+            "Board streams (/board/stream) one API process keeps open at once; one more is "
+            "answered 503 with Retry-After."
+        ),
+    )
     rate_limit_orders_per_second: float = Field(
         100.0,
         ge=0,
@@ -171,6 +202,32 @@ class Settings(BaseSettings):
         ),
     )
     db_pool_size: int = Field(8, ge=1, le=200, description="Database connections per service.")
+    retry_initial_delay: float = Field(
+        1.0,
+        ge=0.01,
+        le=3600,
+        description=(
+            "Seconds a message whose handler failed waits before its second attempt; each wait "
+            "after that is twice the one before (up to RETRY_MAX_DELAY), jittered down to half "
+            "of it. The wait is in a retry queue of RabbitMQ: the queue's other messages go on."
+        ),
+    )
+    retry_max_delay: float = Field(
+        60.0,
+        ge=0.01,
+        le=86400,
+        description="Longest wait between two attempts at a message whose handler failed.",
+    )
+    max_attempts: int = Field(
+        8,
+        ge=1,
+        le=MAX_ATTEMPTS_LIMIT,
+        description=(
+            "Attempts at a message whose handler keeps failing, the first delivery included; "
+            "after the last one it is parked in its dead-letter queue with the last error. "
+            "1: no retry. An outage (database, card gateway) uses up no attempt."
+        ),
+    )
     outbox_batch_size: int = Field(
         500, ge=1, le=10000, description="Outbox rows the publisher claims per transaction."
     )
@@ -305,6 +362,15 @@ class Settings(BaseSettings):
     def _empty_endpoint_is_unset(cls, value: object) -> object:
         # OpenTelemetry reads an empty variable as unset; so do we.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _retry_delays_grow(self) -> Self:
+        if self.retry_max_delay < self.retry_initial_delay:
+            raise ValueError(
+                f"RETRY_MAX_DELAY ({self.retry_max_delay}) must be at least RETRY_INITIAL_DELAY "
+                f"({self.retry_initial_delay})"
+            )
+        return self
 
     @property
     def rabbitmq_nodes(self) -> list[str]:

@@ -32,7 +32,8 @@ and consumers ignore one they have already handled.
 
 Each consuming service reads from durable quorum queues of its own, bound to the routing keys it
 wants; a message that can never be handled goes to the queue's dead-letter queue `<queue>.dlq`
-(through `{DEAD_LETTER_EXCHANGE}`), as does one delivered {DELIVERY_LIMIT} times.
+(through `{DEAD_LETTER_EXCHANGE}`), as does one whose handler failed on each of its attempts
+(each after a longer wait in a retry queue) or that was delivered {DELIVERY_LIMIT} times.
 
 Readers ignore fields they do not know, so adding a field is not a breaking change; changing or
 removing one means a new `version`. Generated from the code by scripts/generate_asyncapi.py; do

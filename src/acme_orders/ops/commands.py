@@ -76,6 +76,7 @@ OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
     AMQPError,
     dead_letters.UnknownQueueError,
     api_keys.ApiKeyError,
+    privacy.ForgetRefusedError,
 )
 
 
@@ -235,17 +236,19 @@ def apikey_revoke(name: str) -> int:
     return operate("apikey revoke", "PostgreSQL", work)
 
 
-def forget(customer_id: str) -> int:
+def forget(customer_id: str, placed_with: str | None = None) -> int:
     async def work(settings: Settings) -> None:
         async with (
             database_pool(settings) as pool,
             pool.acquire() as conn,
             conn.transaction(),
         ):
-            done = await privacy.forget_customer(conn, customer_id)
+            done = await privacy.forget_customer(conn, customer_id, placed_with)
+        whose = "" if placed_with is None else f" placed with API key {placed_with!r}"
         print(
             f"erased the e-mail address of customer {customer_id!r} from "
-            f"{_plural(done.orders, 'order')}, {_plural(done.notifications, 'notification')} "
+            f"{_plural(done.orders, 'order')}{whose}, "
+            f"{_plural(done.notifications, 'notification')} "
             f"and {_plural(done.events, 'outbox event')}; the orders themselves are kept"
         )
         if done.unfinished:

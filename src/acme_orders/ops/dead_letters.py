@@ -31,6 +31,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import ChannelNotFoundEntity
 
 from acme_orders.core.messaging import connect_once
+from acme_orders.core.retries import ATTEMPT_HEADER, LAST_ERROR_HEADER
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
 
@@ -43,9 +44,12 @@ CONFIRM_TIMEOUT = 30.0
 
 # Headers that describe a death, dropped when a message is replayed: ours, and RabbitMQ's.
 # Leaving x-death in would make RabbitMQ see a dead-lettering cycle if the message died again.
-# x-delivery-count is written by the DLQ on redelivery and says nothing about the replay.
+# x-delivery-count is written by the DLQ on redelivery and says nothing about the replay. Without
+# its attempt header, a replayed message has all its attempts again.
 _DEATH_HEADERS = frozenset(
     {
+        ATTEMPT_HEADER,
+        LAST_ERROR_HEADER,
         "x-dead-letter-reason",
         "x-dead-letter-queue",
         "x-dead-lettered-at",

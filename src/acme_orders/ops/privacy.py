@@ -14,12 +14,16 @@ _ADDRESS = re.compile(r"[^\s@]+@[^\s@]+")
 
 
 def mask_email(address: str) -> str:
-    """``c100@example.com`` -> ``c1***@example.com``: enough to tell customers apart in a log,
-    not enough to write to them."""
+    """``c100@example.com`` -> ``c1***@e***.com``: enough to tell customers apart in a log, not
+    enough to write to them, nor to tell which company or mail provider they are with. Only the
+    top-level domain stays whole (``.co.uk`` keeps ``.uk``); a domain of one label (``localhost``)
+    keeps its first character, like any other."""
     local, at, domain = address.partition("@")
     if not at:
         return "***"
-    return f"{local[:2]}***@{domain}"
+    first_label, dot, other_labels = domain.partition(".")
+    top_level = "." + other_labels.rpartition(".")[2] if dot else ""
+    return f"{local[:2]}***@{first_label[:1]}***{top_level}"
 
 
 def mask_emails_in(text: str) -> str:
@@ -45,13 +49,47 @@ class Forgotten:
     unfinished: int
 
 
-async def forget_customer(tx: Connection, customer_id: str) -> Forgotten:
+class ForgetRefusedError(Exception):
+    """An erasure asked for through an API key that the key may not ask for; the message says
+    why."""
+
+
+async def forget_customer(
+    tx: Connection, customer_id: str, placed_with: str | None = None
+) -> Forgotten:
     """Erase the customer's e-mail address from their orders, their notifications and the outbox
     events of their orders, in one transaction; the orders, their lines, amounts and statuses stay
-    (the order history). Safe to repeat: only what still holds the address is changed."""
+    (the order history). Safe to repeat: only what still holds the address is changed.
+
+    `placed_with`, the name of an API key: the erasure is asked for on that key's behalf (one
+    client of the shop forgetting one of its customers), so only the orders that key placed are
+    erased, and a customer with none of them is refused. A customer id is the client's own, and
+    two clients may have the same id for different people: one never erases the other's."""
+    key_id = None
+    if placed_with is not None:
+        key_id = await tx.fetchval("SELECT id FROM api_keys WHERE name = $1", placed_with)
+        if key_id is None:
+            raise ForgetRefusedError(
+                f"no API key is named {placed_with!r} (see `acme-orders apikey list`)"
+            )
     order_ids = [
-        r["id"] for r in await tx.fetch("SELECT id FROM orders WHERE customer_id = $1", customer_id)
+        r["id"]
+        for r in await tx.fetch(
+            """
+            SELECT id FROM orders
+            WHERE customer_id = $1 AND ($2::bigint IS NULL OR api_key_id = $2)
+            """,
+            customer_id,
+            key_id,
+        )
     ]
+    if placed_with is not None and not order_ids:
+        # The same answer whether other keys' orders have this customer or nobody's do: a key
+        # learns nothing about other clients' customers.
+        raise ForgetRefusedError(
+            f"API key {placed_with!r} placed no order for customer {customer_id!r}: a key can "
+            "only have its own customers forgotten; nothing was erased"
+        )
     orders = await tx.fetchval(
         """
         WITH erased AS (

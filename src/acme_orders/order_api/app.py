@@ -54,12 +54,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             acquire_timeout=settings.api_db_acquire_timeout,
             statement_timeout=settings.api_statement_timeout,
         )
-        app.state.api_keys = ApiKeyCache(app.state.pool, settings.api_key_cache_ttl)
+        # A read of the keys waits no longer than a request waits for a connection.
+        app.state.api_keys = ApiKeyCache(
+            app.state.pool,
+            settings.api_key_cache_ttl,
+            grace=settings.api_key_grace,
+            timeout=settings.api_db_acquire_timeout,
+        )
         app.state.price_book = PriceBook()
         log_access_policy(settings)
         try:
             yield
         finally:
+            await app.state.api_keys.close()
             await close_pool(app.state.pool)
 
     app = FastAPI(
@@ -115,8 +122,10 @@ def log_access_policy(settings: Settings) -> None:
         )
     else:
         logger.info(
-            "API keys required (Authorization: Bearer KEY); key changes take effect within %gs",
+            "API keys required (Authorization: Bearer KEY); key changes take effect within %gs; "
+            "while the database is away the keys last read are let in for %gs more",
             settings.api_key_cache_ttl,
+            settings.api_key_grace,
         )
     if settings.rate_limit_orders_per_second > 0:
         logger.info(

@@ -9,11 +9,18 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 
 from acme_orders.ops.api_keys import Scope
 from acme_orders.order_api import store
 from acme_orders.order_api.request_context import SCOPE_KEY
-from acme_orders.order_api.security import Caller, limit_order_rate, limit_read_rate, require_scope
+from acme_orders.order_api.security import (
+    Caller,
+    bearer,
+    limit_order_rate,
+    limit_read_rate,
+    require_scope,
+)
 
 
 # async: FastAPI runs a plain `def` dependency in a thread pool, a thread hop on every request.
@@ -23,6 +30,8 @@ async def get_pool(request: Request) -> asyncpg.Pool:
 
 
 Pool = Annotated[asyncpg.Pool, Depends(get_pool)]
+# The key itself, as sent: for a stream that checks it again while it stays open.
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 async def get_price_book(request: Request) -> store.PriceBook:
@@ -45,5 +54,8 @@ RequestId = Annotated[str, Depends(get_request_id)]
 OrderPlacer = Annotated[Caller, Depends(limit_order_rate)]
 # Reads orders (an orders:write key only its own) and the catalogue, rate limited.
 Reader = Annotated[Caller, Depends(limit_read_rate)]
-# The board and the API's metrics: what only an operator may see.
+# The board: what only an operator may see.
 Admin = Annotated[Caller, Depends(require_scope(Scope.ADMIN))]
+# The API's metrics: a metrics key (Prometheus', which reads nothing else) or an operator's admin
+# key. Not orders:write: the figures tell a client how busy the whole shop is.
+MetricsScraper = Annotated[Caller, Depends(require_scope(Scope.METRICS, Scope.ADMIN))]

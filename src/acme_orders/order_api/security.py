@@ -2,7 +2,9 @@
 on placing orders and on reading, each a bucket of its own.
 
 401 (with `WWW-Authenticate: Bearer`) for a missing, unknown or revoked key; 403 for a key whose
-scope does not allow the operation; 429 with `Retry-After` for a key over its rate. With
+scope does not allow the operation; 429 with `Retry-After` for a key over its rate; 503 with
+`Retry-After` when the key cannot be checked because the database does not answer (see
+ApiKeyCache: the keys last read are still let in for API_KEY_GRACE seconds). With
 AUTH_DISABLED every request is let in as if it had every scope, and the rate limits count by the
 client's address instead of its key.
 """
@@ -19,7 +21,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from acme_orders.core.settings import Settings
-from acme_orders.ops.api_keys import ApiKey, ApiKeyCache, Scope
+from acme_orders.ops.api_keys import ApiKey, ApiKeyCache, ApiKeysUnavailableError, Scope
 from acme_orders.order_api.rate_limit import TokenBucketLimiter
 
 # auto_error=False: a missing or malformed header is ours to answer (401 with WWW-Authenticate;
@@ -86,7 +88,16 @@ async def authenticate(
     if credentials is None:
         raise unauthorized("an API key is required: send the header Authorization: Bearer KEY")
     keys: ApiKeyCache = request.app.state.api_keys
-    key = await keys.find(credentials.credentials)
+    try:
+        key = await keys.find(credentials.credentials)
+    except ApiKeysUnavailableError as exc:
+        # Not a 401: the key may well be right, it just cannot be checked now.
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "API keys cannot be checked now (the database does not answer); retry after the "
+            "time in Retry-After",
+            headers={"Retry-After": str(math.ceil(exc.retry_after))},
+        ) from exc
     if key is None:
         raise unauthorized("this API key is not valid (unknown or revoked)")
     return Caller(key, client=f"key {key.id}")

@@ -61,11 +61,11 @@ EVENTS_CONSUMED = Counter(
     "acme_events_consumed",
     "Messages a consumer took off its queue, by event type and what became of them: handled "
     "(first time, committed), duplicate (handled before: only acked), retried (the handler "
-    "failed; requeued after a pause), dead_lettered (can never succeed: parked in <queue>.dlq), "
-    "skipped (a type no route of the queue takes, or on a routing key not its own: parked in "
-    "<queue>.dlq), ignored (a type the service's routes say it ignores), given_back (its "
-    "dead-letter copy failed: requeued after a pause, to be tried again). event_type 'other': "
-    "not an event of the catalogue.",
+    "failed; sent to wait in a retry queue), dead_lettered (can never succeed: parked in "
+    "<queue>.dlq), skipped (a type no route of the queue takes, or on a routing key not its "
+    "own: parked in <queue>.dlq), ignored (a type the service's routes say it ignores), "
+    "given_back (its dead-letter copy failed: requeued after a pause, to be tried again). "
+    "event_type 'other': not an event of the catalogue.",
     ["service", "event_type", "outcome"],
 )
 EVENTS_EMITTED = Counter(

@@ -14,7 +14,10 @@ declares over one RabbitMQ connection, opened for the first viewer and closed af
 
 The page needs no key itself (it holds no data); the stream needs an admin key, which the page
 sends in an Authorization header (it reads the stream with fetch(), not EventSource, which cannot
-send headers, so the key never goes into a URL or a log). With AUTH_DISABLED it is open.
+send headers, so the key never goes into a URL or a log). With AUTH_DISABLED it is open. An open
+stream checks its key again every BOARD_STREAM_RECHECK seconds and ends (an `end` event says why)
+once the key is revoked; one API process serves at most BOARD_MAX_STREAMS streams at once, and
+answers one more with 503 and Retry-After.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from importlib import resources
 from typing import Any
@@ -33,8 +36,9 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from acme_orders.core import topology
 from acme_orders.core.database import Connection
@@ -42,8 +46,9 @@ from acme_orders.core.messaging import connect_once
 from acme_orders.core.orders import OrderStatus
 from acme_orders.core.outbox import backlog
 from acme_orders.core.settings import Settings
+from acme_orders.ops.api_keys import ApiKeyCache, ApiKeysUnavailableError
 from acme_orders.ops.privacy import mask_emails_in
-from acme_orders.order_api.deps import Admin, Pool
+from acme_orders.order_api.deps import Admin, BearerCredentials, Pool
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ BROKER_RETRY = 10.0
 BROKER_BUDGET = 3.0
 # A comment line sent when there is nothing new, so that proxies keep the connection open.
 HEARTBEAT = 15.0
+# Seconds a board refused for BOARD_MAX_STREAMS is told to wait (the page retries by itself).
+STREAMS_FULL_RETRY = 5
 QUERY_TIMEOUT = 2.0
 
 STATIC = resources.files("acme_orders.order_api") / "static"
@@ -110,26 +117,103 @@ async def board_icon() -> Response:
 
 
 @board.get("/stream")
-async def board_stream(request: Request, pool: Pool, _caller: Admin) -> StreamingResponse:
-    """Server-sent events: a `snapshot` event with a JSON object every INTERVAL seconds."""
+async def board_stream(
+    request: Request, pool: Pool, caller: Admin, credentials: BearerCredentials
+) -> StreamingResponse:
+    """Server-sent events: a `snapshot` event with a JSON object every INTERVAL seconds, until
+    the key it was opened with is revoked (an `end` event then says so)."""
     feed: BoardFeed | None = getattr(request.app.state, "board_feed", None)
     if feed is None:
         feed = request.app.state.board_feed = BoardFeed(pool, request.app.state.settings)
-    return StreamingResponse(
-        _frames(feed),
+    settings: Settings = request.app.state.settings
+    if not feed.streams.take():
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the board already has {feed.streams.limit} streams open, the most this API process "
+            "serves (BOARD_MAX_STREAMS); close a board or retry after the time in Retry-After",
+            headers={"Retry-After": str(STREAMS_FULL_RETRY)},
+        )
+    check = None
+    if caller.key is not None and credentials is not None:
+        check = functools.partial(
+            key_still_valid, request.app.state.api_keys, credentials.credentials
+        )
+    return BoardStreamResponse(
+        _frames(feed, check, settings.board_stream_recheck),
+        feed.streams.give_back,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _frames(feed: BoardFeed) -> AsyncIterator[bytes]:
+class StreamSlots:
+    """How many board streams are open in this process, and how many may be."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+class BoardStreamResponse(StreamingResponse):
+    """A stream that gives its slot back however it ends: also when the client went away before
+    the first byte, when the frames were never even started (so their `finally` cannot do it)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kwargs: Any
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+async def key_still_valid(keys: ApiKeyCache, token: str) -> str | None:
+    """Why the stream of this key must end (revoked, or no longer checkable), or None."""
+    try:
+        if await keys.find(token) is None:
+            return "the API key of this stream is no longer valid (revoked)"
+    except ApiKeysUnavailableError:
+        return "the API key of this stream cannot be checked now (the database does not answer)"
+    return None
+
+
+async def _frames(
+    feed: BoardFeed, check: Callable[[], Awaitable[str | None]] | None, recheck: float
+) -> AsyncIterator[bytes]:
     # Starlette cancels this generator when the client goes away, which unsubscribes it.
     async with feed.subscribe() as inbox:
+        heartbeat_at = time.monotonic() + HEARTBEAT
+        check_at = time.monotonic() + recheck
         while True:
-            try:
-                yield await asyncio.wait_for(inbox.get(), HEARTBEAT)
-            except TimeoutError:
+            now = time.monotonic()
+            if check is not None and now >= check_at:
+                reason = await check()
+                if reason is not None:
+                    yield b"event: end\ndata: " + orjson.dumps({"reason": reason}) + b"\n\n"
+                    return
+                check_at = now + recheck
+            if now >= heartbeat_at:
                 yield b": still here\n\n"
+                heartbeat_at = now + HEARTBEAT
+            wake_at = min(heartbeat_at, check_at) if check is not None else heartbeat_at
+            try:
+                yield await asyncio.wait_for(inbox.get(), max(0.0, wake_at - time.monotonic()))
+                heartbeat_at = time.monotonic() + HEARTBEAT
+            except TimeoutError:
+                pass
 
 
 class BoardFeed:
@@ -142,6 +226,7 @@ class BoardFeed:
         self._watchers: set[asyncio.Queue[bytes]] = set()
         self._task: asyncio.Task[None] | None = None
         self._latest: bytes | None = None
+        self.streams = StreamSlots(settings.board_max_streams)
 
     @property
     def watchers(self) -> int:
