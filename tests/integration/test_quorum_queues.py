@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 from pamqp.common import FieldTable
 
-from acme_orders.core.messaging import declare_queue
+from acme_orders.core.events import EXCHANGE
+from acme_orders.core.messaging import DELIVERY_LIMIT, declare_queue
 from acme_orders.core.topology import QueueSpec
 from tests.support.environment import TestEnvironment, rabbitmqctl
 
@@ -63,3 +65,33 @@ async def test_a_queue_made_without_it_or_with_another_size_is_kept(
     arguments = await queue_arguments(fresh_env, spec.name)
     if earlier is None:
         assert "x-quorum-initial-group-size" not in arguments
+
+
+async def test_a_message_that_keeps_crashing_its_consumer_is_dead_lettered_by_the_broker(
+    fresh_env: TestEnvironment, fresh_channel: AbstractChannel
+) -> None:
+    # The crash-loop guard under the consumer's own retries: a consumer that dies on a message
+    # never settles it, so only RabbitMQ's delivery count can park it.
+    key = f"test.{secrets.token_hex(4)}"
+    spec = QueueSpec(f"testsvc.{key}", (key,))
+    await declare_queue(fresh_channel, spec, 1)
+    exchange = await fresh_channel.get_exchange(EXCHANGE)
+    await exchange.publish(aio_pika.Message(b'{"poison": true}'), routing_key=key)
+
+    deliveries = 0
+    async with await aio_pika.connect(fresh_env.rabbitmq_url) as connection:
+        for _ in range(DELIVERY_LIMIT + 5):
+            # A channel per delivery, closed without a settle: as a consumer process that dies.
+            channel = await connection.channel()
+            queue = await channel.get_queue(spec.name)
+            message = await queue.get(fail=False)
+            await channel.close()
+            if message is None:
+                break
+            deliveries += 1
+
+    assert deliveries == DELIVERY_LIMIT + 1
+    dlq = await fresh_channel.get_queue(spec.dead_letter_queue)
+    parked = await dlq.get(fail=False)
+    assert parked is not None
+    assert parked.body == b'{"poison": true}'
