@@ -279,6 +279,7 @@ async def test_health_is_503_when_the_database_does_not_answer(settings: Setting
     assert health.status_code == 503
     assert placed.status_code == 503
     assert "database is unavailable" in placed.json()["detail"]
+    assert health.headers.get("Retry-After") == placed.headers.get("Retry-After") == "1"
 
 
 BAD_ORDERS = {

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -14,6 +16,7 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from acme_orders.core.database import close_pool, create_pool
 from acme_orders.core.events import EXCHANGE
 from acme_orders.core.messaging import connect, declare_exchange
 from acme_orders.publisher.relay import relay_outbox_batch
@@ -25,6 +28,7 @@ from acme_orders.publisher.service import (
     relay_until_stopped,
 )
 from tests.support.environment import TestEnvironment
+from tests.support.faults import TcpProxy
 from tests.support.waiting import wait_until
 
 
@@ -204,3 +208,55 @@ def test_the_pause_after_failed_batches_never_outgrows_a_second() -> None:
 
     assert pauses[:4] == [0.1, 0.2, 0.4, 0.8]
     assert max(pauses) == MAX_PAUSE <= 1.0
+
+
+async def test_a_database_outage_costs_the_relay_one_warning_and_not_its_channel(
+    fresh_env: TestEnvironment, fresh_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = f"test.{secrets.token_hex(4)}"
+    database = await TcpProxy("127.0.0.1", 5432).start()
+    settings = fresh_env.settings(
+        # It looks at the outbox often, so that it meets the outage many times over.
+        outbox_poll_interval=0.2,
+    ).model_copy(
+        update={"database_url": fresh_env.database_url.replace(":5432/", f":{database.port}/")}
+    )
+    pool = await create_pool(settings, min_size=0, max_size=2)
+    connection = await connect(settings, "test")
+    stop = asyncio.Event()
+
+    def sent(ids: list[UUID]) -> Callable[[], Awaitable[bool]]:
+        async def probe() -> bool:
+            rows = await fresh_pool.fetch(
+                "SELECT status FROM event_outbox WHERE event_id = ANY($1::uuid[])", ids
+            )
+            return {r["status"] for r in rows} == {"SENT"}
+
+        return probe
+
+    try:
+        first = await open_exchange(connection)
+        relay = asyncio.create_task(relay_until_stopped(settings, pool, connection, stop, first))
+        try:
+            await wait_until(sent(await insert_events(fresh_pool, key, 3)), what="relayed")
+            with caplog.at_level(logging.INFO, logger="acme_orders"):
+                await database.cut()
+                waiting = await insert_events(fresh_pool, key, 3)
+                await asyncio.sleep(3.0)  # the length of the outage, not a wait for a result
+                await database.restore()
+                await wait_until(sent(waiting), what="the rows of the outage relayed")
+            # Nothing was wrong with it: the rows of the outage went out on the same channel.
+            assert not first.channel.is_closed
+        finally:
+            stop.set()
+            await relay
+    finally:
+        await connection.close()
+        await close_pool(pool)
+        await database.stop()
+
+    # The relay's lines and its LISTEN's (which reconnects through runtime.retry_until_ready).
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("database unavailable")
+    assert any(r.getMessage().startswith("database back after") for r in caplog.records)

@@ -28,13 +28,28 @@ _MIGRATION_LOCK_KEY = 0x0ACE_0DE5
 
 # SQLSTATEs that say nothing about the work, only that the database cannot do it now: it is
 # away, starting, shutting down or failing over (class 08 connection exceptions, 57P01-57P03
-# operator intervention, 25006 a read-only transaction on a server that just stopped being the
-# primary), overloaded (class 53: too many connections, out of memory or disk), or it chose this
+# operator intervention, 57P05 an idle session closed by idle_session_timeout, 25006 a read-only
+# transaction on a server that just stopped being the primary or a database made read-only),
+# overloaded (class 53: too many connections, out of memory or disk), or it chose this
 # transaction as a deadlock or serialization victim (40P01, 40001), or cancelled the statement
 # (57014: it ran past statement_timeout, waiting for a lock as a rule, or an operator cancelled
-# it). Retried, the same work succeeds once the cause has passed.
+# it). Retried, the same work succeeds once the cause has passed. Classes, not lists of
+# exceptions: a code asyncpg has no class for (a newer server's) is classified all the same.
 TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
-TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014", "25006", "40001", "40P01"})
+TRANSIENT_SQLSTATES = frozenset(
+    {"57P01", "57P02", "57P03", "57P05", "57014", "25006", "40001", "40P01"}
+)
+# Everything the database or the way to it may raise; is_transient tells which of them are an
+# outage. asyncpg raises PostgresError subclasses for what the server said (at connect too:
+# 53300, too many connections), InterfaceError and InternalClientError for a connection in the
+# wrong state, OSError and TimeoutError for a server that cannot be reached.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def is_transient(error: BaseException) -> bool:
@@ -52,10 +67,46 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
+def server_refuses_writes(error: BaseException) -> bool:
+    """Whether the error says that the connection's session cannot write, and will not for as long
+    as it lasts (25006): its server is a standby, or was demoted by a failover, or the database
+    was made read-only (default_transaction_read_only), which a session takes on only when it
+    starts. Unlike the other transient errors, retrying on the same connection never succeeds: the
+    connection has to go, and the next one finds the primary, or the database writable again."""
+    return isinstance(error, asyncpg.ReadOnlySQLTransactionError)
+
+
+class _AcquireContext(PoolAcquireContext):
+    """asyncpg's `async with pool.acquire()`, which also discards the connection when the block
+    raised an error that server_refuses_writes: its holder in the pool connects afresh when it
+    is next used."""
+
+    __slots__ = ()
+
+    async def __aexit__(self, *exc: object) -> None:
+        # (type, value, traceback), as the with statement passes them.
+        error = exc[1] if len(exc) > 1 else None
+        if (
+            self.connection is not None
+            and isinstance(error, BaseException)
+            and server_refuses_writes(error)
+        ):
+            # Only this one: each of the others is discarded at its own first refusal. Retiring
+            # them all at once would reconnect the whole pool on every refused write, a storm of
+            # connections against a database that is in trouble already.
+            logger.info("the database refuses writes (%s); reconnecting", error)
+            self.connection.terminate()
+        await super().__aexit__(*exc)
+
+
 class BoundedWaitPool(asyncpg.Pool):
     """asyncpg's pool, but `acquire()` (and with it `fetch`, `execute`...) waits for a free
     connection at most `acquire_timeout` seconds, then raises TimeoutError; asyncpg's own waits
-    without limit unless each call says otherwise. None: without limit, as asyncpg does."""
+    without limit unless each call says otherwise. None: without limit, as asyncpg does.
+
+    And a connection that refused a write because its session is read-only is not handed out
+    again (server_refuses_writes): without that, a pool keeps it, and fails every write on it,
+    long after the primary is back or the database writable again."""
 
     __slots__ = ("_acquire_timeout",)
 
@@ -64,7 +115,7 @@ class BoundedWaitPool(asyncpg.Pool):
         super().__init__(dsn, **options)
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
-        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+        return _AcquireContext(self, self._acquire_timeout if timeout is None else timeout)
 
 
 async def create_pool(

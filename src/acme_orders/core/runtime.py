@@ -91,8 +91,11 @@ async def retry_until_ready(
     *,
     first_delay: float = 0.5,
     max_delay: float = 10.0,
+    quiet: bool = False,
 ) -> T | None:
-    """Call `connect` until it succeeds, backing off exponentially; None if asked to stop first."""
+    """Call `connect` until it succeeds, backing off exponentially; None if asked to stop first.
+    Each failed attempt is a warning, or with `quiet` (the caller has said what is going on) a
+    debug line."""
     delay = first_delay
     while not stop.is_set():
         try:
@@ -100,7 +103,13 @@ async def retry_until_ready(
         # Broad on purpose: asyncpg and aiormq each raise their own classes for a server that is
         # down, starting or refusing us, and all of them mean "try again later" here.
         except Exception as exc:
-            logger.warning("%s not reachable (%r); retrying in %.1fs", what, exc, delay)
+            logger.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "%s not reachable (%r); retrying in %.1fs",
+                what,
+                exc,
+                delay,
+            )
         await wait_or_stop(stop, delay)
         delay = min(delay * 2, max_delay)
     return None

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from acme_orders import __version__
-from acme_orders.core.database import close_pool, create_pool, is_transient
+from acme_orders.core.database import DATABASE_ERRORS, close_pool, create_pool, is_transient
 from acme_orders.core.settings import Settings, get_settings
 from acme_orders.ops.api_keys import ApiKeyCache
 from acme_orders.order_api.body_limit import BodySizeLimit
@@ -28,16 +28,6 @@ from acme_orders.order_api.routes.timeline import timeline
 from acme_orders.order_api.store import PriceBook
 
 logger = logging.getLogger(__name__)
-
-# What a database error may be; database.is_transient tells which of them mean "try again
-# shortly" (503), and the rest stay errors (500).
-DATABASE_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(docs)
     app.include_router(metrics)
 
+    # database.is_transient tells which of them are an outage (503 with Retry-After); the rest
+    # stay errors (500).
     for error in DATABASE_ERRORS:
         app.add_exception_handler(error, database_unavailable)
     return app

@@ -34,15 +34,31 @@ OUTBOX_CHANNEL = "event_outbox"
 CONFIRM_TIMEOUT = 30.0
 
 
+class OutboxUnavailableError(Exception):
+    """The database failed the batch (its error is the __cause__): the outbox could not be read,
+    claimed or marked SENT. Not the broker's doing, so the channel is as good as before."""
+
+
 async def relay_outbox_batch(pool: asyncpg.Pool, exchange: AbstractExchange, limit: int) -> int:
-    """Publish up to `limit` NEW events, oldest first; returns how many were relayed."""
+    """Publish up to `limit` NEW events, oldest first; returns how many were relayed.
+
+    A publish that fails raises its own error (publish_all); anything else that fails the batch
+    is the database's, raised as OutboxUnavailableError."""
     started = time.perf_counter()
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await claim_for_publishing(conn, limit)
-        if not rows:
-            return 0
-        with tracing.publishing(rows) as trace_headers:
-            await publish_all(exchange, rows, trace_headers)
+    publishing = False
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await claim_for_publishing(conn, limit)
+            if not rows:
+                return 0
+            publishing = True
+            with tracing.publishing(rows) as trace_headers:
+                await publish_all(exchange, rows, trace_headers)
+            publishing = False
+    except Exception as exc:
+        if publishing:
+            raise
+        raise OutboxUnavailableError(f"the outbox is out of reach: {exc!r}") from exc
     record_relayed([row.event_type for row in rows], time.perf_counter() - started)
     counts = Counter(row.routing_key for row in rows)
     logger.info(
@@ -91,12 +107,14 @@ async def publish_all(
 
 async def listen_for_outbox(settings: Settings, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
     """Keep a LISTEN on the outbox channel and set `wakeup` on every NOTIFY, reconnecting when the
-    connection is lost."""
+    connection is lost. Quietly: the relay, which polls meanwhile, says when the database is
+    unavailable, once for the whole outage."""
     while not stop.is_set():
         conn = await retry_until_ready(
             lambda: asyncpg.connect(settings.database_url, timeout=10),
             "PostgreSQL (LISTEN)",
             stop,
+            quiet=True,
         )
         if conn is None:
             return
@@ -108,6 +126,6 @@ async def listen_for_outbox(settings: Settings, wakeup: asyncio.Event, stop: asy
             wakeup.set()
             await wait_any(stop, lost)
             if lost.is_set() and not stop.is_set():
-                logger.warning("LISTEN connection lost; reconnecting")
+                logger.info("LISTEN connection lost; reconnecting")
         finally:
             await conn.close(timeout=5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from acme_orders.core import topology
+from acme_orders.core.database import is_transient
 from acme_orders.core.messaging import declare_exchange
 from acme_orders.core.observability.metrics import (
     ORDERS_SAMPLE_INTERVAL,
@@ -28,7 +30,11 @@ from acme_orders.core.outbox import backlog
 from acme_orders.core.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
 from acme_orders.core.settings import Settings
 from acme_orders.ops.housekeeping import purge_all
-from acme_orders.publisher.relay import listen_for_outbox, relay_outbox_batch
+from acme_orders.publisher.relay import (
+    OutboxUnavailableError,
+    listen_for_outbox,
+    relay_outbox_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +44,10 @@ SERVICE = topology.PUBLISHER
 # the outage it waits for (a broker node failing over takes seconds).
 FIRST_PAUSE = 0.1
 MAX_PAUSE = 1.0
+# Seconds between attempts while the database refuses the relay for a reason of its own, not an
+# outage (a missing table, a revoked grant): that waits for an operator, and a faster retry would
+# only fill the log with its traceback.
+FAULT_PAUSE = 10.0
 # The first purge waits this long (or HOUSEKEEPING_INTERVAL, if shorter), so that a publisher
 # starting with a backlog relays it first.
 FIRST_HOUSEKEEPING_DELAY = 5.0
@@ -84,6 +94,41 @@ def next_pause(pause: float) -> float:
     return min(pause * 2, MAX_PAUSE)
 
 
+class Failure(enum.Enum):
+    """Why a batch failed, as far as what to do next goes."""
+
+    # An outage (database.is_transient): retried, with one warning for the whole episode.
+    DATABASE_UNAVAILABLE = "database unavailable"
+    # The database refused for a reason of its own: an error each attempt, FAULT_PAUSE apart.
+    DATABASE_FAULT = "database fault"
+    # The broker refused or lost the batch: retried on a fresh channel.
+    BROKER = "broker"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """What the relay does after a failed batch: say so as `failure` calls for, give its channel
+    up if `reopen_channel`, and wait `pause` seconds before the next attempt."""
+
+    failure: Failure
+    pause: float
+    reopen_channel: bool
+
+
+def retry_after(error: Exception, pause: float) -> Retry:
+    """The relay's next step after a batch failed with `error`, `pause` being the pause that the
+    failure before it (of the same episode) would have had next."""
+    if isinstance(error, OutboxUnavailableError):
+        # Nothing was wrong with the channel: the database failed before or after the publishes.
+        cause = error.__cause__ or error
+        if is_transient(cause):
+            return Retry(Failure.DATABASE_UNAVAILABLE, pause, reopen_channel=False)
+        return Retry(Failure.DATABASE_FAULT, FAULT_PAUSE, reopen_channel=False)
+    # On a fresh channel: one whose publishes were nacked (a quorum queue whose leader died, in
+    # RabbitMQ 3.10) can go on being nacked until that node is back.
+    return Retry(Failure.BROKER, pause, reopen_channel=True)
+
+
 async def relay_until_stopped(
     settings: Settings,
     pool: asyncpg.Pool,
@@ -95,6 +140,8 @@ async def relay_until_stopped(
     wakeup = asyncio.Event()
     listener = asyncio.create_task(listen_for_outbox(settings, wakeup, stop))
     pause = FIRST_PAUSE
+    # When the database became unavailable, while it is (monotonic seconds).
+    database_away_since: float | None = None
     try:
         while not stop.is_set():
             wakeup.clear()
@@ -105,16 +152,38 @@ async def relay_until_stopped(
                     pool, publishing.exchange, settings.outbox_batch_size
                 )
             except Exception as exc:
-                # The broker or the database is away; the rows stay NEW until they are back.
-                logger.warning("relay failed (%r); retrying in %.1fs", exc, pause)
-                # On a fresh channel: one whose publishes were nacked (a quorum queue whose leader
-                # died, in RabbitMQ 3.10) can go on being nacked until that node is back.
-                if publishing is not None:
+                # The rows stay NEW until the batch goes through.
+                retry = retry_after(exc, pause)
+                if retry.failure is Failure.DATABASE_UNAVAILABLE:
+                    if database_away_since is None:
+                        database_away_since = time.monotonic()
+                        logger.warning(
+                            "database unavailable (%r); relaying again once it is back, trying "
+                            "every %.0fs at most",
+                            exc.__cause__,
+                            MAX_PAUSE,
+                        )
+                elif retry.failure is Failure.DATABASE_FAULT:
+                    logger.error(
+                        "the database refused the relay (%r); retrying in %.0fs",
+                        exc.__cause__,
+                        retry.pause,
+                        exc_info=exc.__cause__,
+                    )
+                else:
+                    logger.warning("relay failed (%r); retrying in %.1fs", exc, retry.pause)
+                if retry.reopen_channel and publishing is not None:
                     await close_quietly(publishing.channel)
                     publishing = None
-                await wait_or_stop(stop, pause)
+                await wait_or_stop(stop, retry.pause)
                 pause = next_pause(pause)
                 continue
+            if database_away_since is not None:
+                logger.info(
+                    "database back after %.1fs; relaying again",
+                    time.monotonic() - database_away_since,
+                )
+                database_away_since = None
             pause = FIRST_PAUSE
             if relayed == settings.outbox_batch_size:
                 continue  # a full batch: there is probably more

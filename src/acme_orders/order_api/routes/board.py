@@ -41,7 +41,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from acme_orders.core import topology
-from acme_orders.core.database import Connection
+from acme_orders.core.database import DATABASE_ERRORS, Connection
 from acme_orders.core.messaging import connect_once
 from acme_orders.core.orders import OrderStatus
 from acme_orders.core.outbox import backlog
@@ -291,7 +291,7 @@ class Snapshots:
         try:
             snapshot |= await self._database()
             snapshot["database"] = None
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             logger.warning("board: database unavailable: %r", exc)
             snapshot["database"] = "unavailable"
         queues, problem = await self._broker.read()
