@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -341,12 +342,10 @@ async def test_a_message_whose_dead_letter_copy_is_refused_is_given_back_not_los
     assert [m.body for m in parked] == [poison]
     headers = parked[0].headers or {}
     assert "body is not JSON" in str(headers["x-dead-letter-reason"])
-    # Parked from a later delivery than the first.
-    delivery_count = headers.get("x-delivery-count")
-    assert isinstance(delivery_count, int)
-    assert delivery_count >= 1
     assert queue.declaration_result.message_count == 0
     assert [e.event_id for e in running.seen] == [good.event_id]
+    # Given back at least once before it was parked (RabbitMQ 3.10's x-delivery-count on the
+    # parked copy does not tell: it was seen 0 and 1 after three give-backs).
     assert consumed("given_back") >= given_back_before + 1
 
 
@@ -388,15 +387,17 @@ async def test_a_dead_letter_copy_never_confirmed_times_out_and_the_message_is_g
 
         back = await wait_until(lambda: queue.get(fail=False), what="the message given back")
         assert back.body == message.body
-        assert (back.headers or {}).get("x-delivery-count") == 1
+        assert back.redelivered
         await back.ack()
         # The copy never reached the broker; it dies with the proxy's connections.
         await proxy.cut()
         assert await dead_letters(channel, queue_spec) == []
     finally:
         await proxy.stop()
-        await proxied.close()
-        await direct.close()
+        # Bounded: a connection whose proxy vanished may wait for a close-ok that never comes.
+        for connection in (proxied, direct):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 10)
 
 
 async def test_a_dead_letter_copy_no_queue_takes_is_not_a_copy_and_the_message_is_given_back(
