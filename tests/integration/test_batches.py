@@ -22,7 +22,6 @@ from acme_orders.core import consumer as consumer_module
 from acme_orders.core.consumer import Consumer, ConsumerRunner, Handler, Route
 from acme_orders.core.database import Connection
 from acme_orders.core.events import (
-    EXCHANGE,
     Event,
     InventoryReserved,
     OrderLine,
@@ -274,11 +273,12 @@ async def delivered(
     async with connection:
         channel: AbstractChannel = await connection.channel(publisher_confirms=True)
         queue = await declare_queue(channel, spec, settings.quorum_group_size)
-        exchange = await channel.get_exchange(EXCHANGE)
+        # Sent to the queue by its name: through acme.events an event travels with its own
+        # routing key, which would reach every test queue of the run.
         for event in events:
-            await exchange.publish(
+            await channel.default_exchange.publish(
                 aio_pika.Message(event.model_dump_json().encode(), message_id=str(event.event_id)),
-                routing_key=key,
+                routing_key=spec.name,
             )
         runner = ConsumerRunner(
             Consumer("testsvc", spec, [Route(OrderPlaced, handler)], linger=linger),

@@ -23,7 +23,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 
 from acme_orders.core.consumer import Consumer, Route, serve_consumers
 from acme_orders.core.database import Connection
-from acme_orders.core.events import EXCHANGE, Event, OrderLine, OrderPlaced
+from acme_orders.core.events import Event, OrderLine, OrderPlaced
 from acme_orders.core.messaging import declare_queue, declare_topology
 from acme_orders.core.retries import (
     ATTEMPT_HEADER,
@@ -95,15 +95,16 @@ def placed() -> OrderPlaced:
 
 
 async def publish(channel: AbstractChannel, spec: QueueSpec, event: Event) -> None:
-    exchange = await channel.get_exchange(EXCHANGE)
-    await exchange.publish(
+    """Send the event to the test's queue by its name: through acme.events, an event must travel
+    with its own routing key (or be parked as skipped), which every test queue would receive."""
+    await channel.default_exchange.publish(
         aio_pika.Message(
             event.model_dump_json().encode(),
             content_type="application/json",
             message_id=str(event.event_id),
             type=event.event_type,
         ),
-        routing_key=spec.routing_keys[0],
+        routing_key=spec.name,
     )
 
 

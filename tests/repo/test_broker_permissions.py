@@ -6,10 +6,10 @@ events), so adding a queue or an event without updating the definitions fails th
 RabbitMQ's rules (https://www.rabbitmq.com/docs/access-control): declaring an exchange or queue
 needs `configure` on it, and a queue with a dead-letter exchange also `write` on that exchange and
 `read` on the queue; binding a queue needs `write` on the queue and `read` on the exchange (and on
-a topic exchange, topic `read` on the binding key); publishing needs `write` on the exchange (and
-topic `write` on the routing key); consuming needs `read` on the queue; deleting a queue needs
-`configure` on it. A user with no topic permission on a topic exchange may use any routing key
-there, so every user has one on each of ours."""
+a topic exchange, topic `read` on the binding key), and so does unbinding it; publishing needs
+`write` on the exchange (and topic `write` on the routing key); consuming needs `read` on the
+queue; deleting a queue needs `configure` on it. A user with no topic permission on a topic
+exchange may use any routing key there, so every user has one on each of ours."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def consumer_needs(specs: tuple[QueueSpec, ...] | list[QueueSpec]) -> Needs:
         configure={EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE} | queues | dlqs | retries,
         write={DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE} | queues | dlqs | retries,
         read={EXCHANGE, DEAD_LETTER_EXCHANGE, RETRY_EXCHANGE} | queues | retries,
-        topic_read={key for spec in specs for key in spec.routing_keys},
+        # Unbinding a retired key is checked as binding it is.
+        topic_read={key for spec in specs for key in (*spec.routing_keys, *spec.retired_keys)},
         retry_write=retries,
         retry_read=queues | retries,
     )
@@ -105,7 +106,7 @@ NAMES = (
 )
 ROUTING_KEYS = (
     EVENT_KEYS
-    | {key for spec in ALL_QUEUES for key in spec.routing_keys}
+    | {key for spec in ALL_QUEUES for key in (*spec.routing_keys, *spec.retired_keys)}
     | {"#", "*.*", "payment.#", "bench.drain", "order.placed.x", "test.happened"}
 )
 

@@ -115,17 +115,25 @@ def test_outcomes_and_emitted_events_are_counted_by_type() -> None:
 
     metrics.consumed("OrderPlaced", "retried")
     metrics.consumed("other", "dead_lettered", 2)
-    metrics.consumed("PaymentFailed", "ignored")  # a type the consumer has no route for
+    metrics.consumed("PaymentFailed", "skipped")  # a type the consumer has no route for
     metrics.emitted([released(), released(), placed()])
     metrics.emitted([])
 
     assert consumed(service, "OrderPlaced", "retried") == 1
     assert consumed(service, "other", "dead_lettered") == 2
-    assert consumed(service, "PaymentFailed", "ignored") == 1
+    assert consumed(service, "PaymentFailed", "skipped") == 1
     emitted = "acme_events_emitted_total"
     assert sample(emitted, service=service, event_type="InventoryReleased") == 2
     assert sample(emitted, service=service, event_type="OrderPlaced") == 1
-    assert set(OUTCOMES) == {"handled", "duplicate", "retried", "dead_lettered", "ignored"}
+    assert set(OUTCOMES) == {
+        "handled",
+        "duplicate",
+        "retried",
+        "dead_lettered",
+        "skipped",
+        "ignored",
+        "given_back",
+    }
 
 
 def test_relayed_batches_count_each_event_type() -> None:

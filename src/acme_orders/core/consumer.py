@@ -12,11 +12,18 @@ queue with the last error after MAX_ATTEMPTS (see core/retries.py). RabbitMQ dea
 delivered DELIVERY_LIMIT times, which guards against one that crashes its consumer. When a batch
 fails, its messages are handled again one at a time, so only the message at fault is
 dead-lettered or retried.
+
+A message is acked only once it was handled or a copy of it was confirmed: when a dead-letter copy
+is refused, unroutable or not confirmed within DEAD_LETTER_TIMEOUT, the message is given back to
+its queue (after a pause) instead. A message of a type the queue's routes do not take (the queue
+is bound to exactly their routing keys, so a producer's bug) is parked in the DLQ too, its reason
+starting with "skipped:"; a type a service means to ignore is named in its Consumer's `ignores`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -29,12 +36,17 @@ from uuid import UUID
 import aio_pika
 import asyncpg
 import orjson
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from acme_orders.core.database import Connection, is_transient
-from acme_orders.core.events import Event, caused_by
+from acme_orders.core.events import EXCHANGE, Event, caused_by
 from acme_orders.core.messaging import (
     declare_dead_letter_exchange,
     declare_queue,
@@ -42,7 +54,7 @@ from acme_orders.core.messaging import (
 )
 from acme_orders.core.observability import tracing
 from acme_orders.core.observability.logs import event_log_context
-from acme_orders.core.observability.metrics import ConsumerMetrics, event_type_label
+from acme_orders.core.observability.metrics import ConsumerMetrics, Outcome, event_type_label
 from acme_orders.core.orders import UnprocessableEventError
 from acme_orders.core.outbox import add_to_outbox
 from acme_orders.core.retries import (
@@ -83,6 +95,14 @@ _DEATH_HEADERS = frozenset(
     }
 )
 
+# Seconds before a message whose dead-letter copy failed is given back: doubling with the
+# message's deliveries, from DEAD_LETTER_PAUSE_FIRST up to DEAD_LETTER_PAUSE_MAX. The batch waits
+# meanwhile (a DLQ that refuses copies is the broker's trouble, and more messages would only fail
+# the same way), and the pause keeps the message from using up its DELIVERY_LIMIT deliveries in a
+# moment: at the limit RabbitMQ dead-letters it itself, and drops it if the DLQ still refuses.
+DEAD_LETTER_PAUSE_FIRST = 0.25
+DEAD_LETTER_PAUSE_MAX = 5.0
+
 # The idempotency guard: each (service, event) once; the ones returned are new to the service.
 RECORD_PROCESSED = """
 INSERT INTO processed_events (service, event_id)
@@ -98,6 +118,10 @@ class DependencyUnavailableError(Exception):
     """Raised by a handler when something outside it does not answer (a card gateway): like a
     database outage, nothing is wrong with the messages, so the batch is retried in place,
     unacked, however long that lasts, and the outage never uses up their deliveries."""
+
+
+class DeadLetterNotConfirmedError(Exception):
+    """The broker did not ack a dead-letter copy: it returned it unroutable, or gave no confirm."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +141,11 @@ class Route(Generic[E]):
 class Consumer:
     """A service's subscription: the queue it reads and a handler per event type in it.
 
+    `ignores`: event types the queue receives and the service means not to handle: such a
+    message is acked unhandled (counted "ignored"). Every other type with no route is a producer's
+    bug, parked in the DLQ ("skipped"). The queue's binding keys are exactly the routing keys of
+    the routes and the ignored types (`binding_keys`; tests/unit/test_services.py checks it).
+
     `linger`: seconds a batch waits, after its first message, for more to arrive (unless it
     fills up first). Each batch costs a transaction, a commit and an ack whatever its size, so a
     consumer whose work is off the order's critical path (an e-mail, a report) can trade a little
@@ -127,11 +156,20 @@ class Consumer:
     queue: QueueSpec
     routes: Sequence[Route[Any]]
     linger: float = 0.0
+    ignores: Sequence[type[Event]] = ()
     by_type: dict[str, Route[Any]] = field(init=False)
+    ignored_types: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         mapping = {r.event_type.model_fields["event_type"].default: r for r in self.routes}
         object.__setattr__(self, "by_type", mapping)
+        ignored = frozenset(cls.model_fields["event_type"].default for cls in self.ignores)
+        object.__setattr__(self, "ignored_types", ignored)
+
+    def binding_keys(self) -> set[str]:
+        """The routing keys the consumer takes: its queue must be bound to exactly these."""
+        taken = [route.event_type for route in self.routes] + list(self.ignores)
+        return {cls.routing_key for cls in taken}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +236,8 @@ class ConsumerRunner:
         stop: asyncio.Event,
         max_batch: int,
         retries: RetryQueues | None = None,
+        dead_letter_timeout: float = 10.0,
+        open_channel: Callable[[], Awaitable[AbstractChannel]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.pool = pool
@@ -206,6 +246,14 @@ class ConsumerRunner:
         self.max_batch = max_batch
         # None (a runner built without retry queues): a failed message is requeued in place.
         self.retries = retries
+        self.dead_letter_timeout = dead_letter_timeout
+        # After a failed copy, the next goes out on a new channel of the runner's own, from
+        # `open_channel`: RabbitMQ 3.10 remembers on a channel that a quorum DLQ refused it (over
+        # its max-length) and goes on refusing there once the DLQ has room again, while a new
+        # channel is answered afresh.
+        self.open_channel = open_channel
+        self.dead_letter_channel: AbstractChannel | None = None
+        self.dead_letters_failed = False
         # Every message put here is marked done once it is settled or given back, so join()
         # tells when nothing is in flight.
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -278,12 +326,28 @@ class ConsumerRunner:
         if not isinstance(raw, dict) or not isinstance(raw.get("event_type"), str):
             await self.dead_letter(message, "body is not an event: no event_type")
             return None
-        route = self.consumer.by_type.get(raw["event_type"])
-        if route is None:
-            # A wildcard binding can bring event types this service has no use for.
-            logger.debug("ignoring %s on %s", raw["event_type"], self.consumer.queue.name)
+        event_type: str = raw["event_type"]
+        if event_type in self.consumer.ignored_types:
+            logger.debug("ignoring %s on %s, as its routes say", event_type, message.routing_key)
             await message.ack()
-            self.metrics.consumed(event_type_label(raw["event_type"]), "ignored")
+            self.metrics.consumed(event_type, "ignored")
+            return None
+        route = self.consumer.by_type.get(event_type)
+        if route is None:
+            await self.skip(
+                message, event_type, f"no route of {self.consumer.queue.name} takes {event_type}"
+            )
+            return None
+        # Through acme.events, an event travels with its own routing key; on another key it reached
+        # this queue by a producer's mistake (a message sent to the queue by its name, as `dlq
+        # replay` does, is meant for it).
+        if message.exchange == EXCHANGE and message.routing_key != route.event_type.routing_key:
+            await self.skip(
+                message,
+                event_type,
+                f"{event_type} came with routing key {message.routing_key!r}, "
+                f"not its own {route.event_type.routing_key!r}",
+            )
             return None
         try:
             event = route.event_type.model_validate(raw)
@@ -530,9 +594,24 @@ class ConsumerRunner:
                 exc_info=True,
             )
 
-    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def skip(self, message: AbstractIncomingMessage, event_type: str, why: str) -> None:
+        """Park a message no route takes, where an operator sees it and can replay it once a
+        service takes its type: a producer's bug must not vanish as an ack."""
+        await self.dead_letter(message, f"skipped: {why}", outcome="skipped", event_type=event_type)
+
+    async def dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        reason: str,
+        outcome: Outcome = "dead_lettered",
+        event_type: str | None = None,
+    ) -> None:
         """Park the message in the queue's dead-letter queue with the reason, then ack it. The copy
-        is confirmed by the broker before the original is acked, so it cannot be lost between."""
+        is confirmed by the broker before the original is acked, so it cannot be lost between;
+        when it is not (refused, unroutable, no confirm within the timeout, the channel failing),
+        the message is given back instead. `event_type`, when known from the body, labels the
+        metric (else the AMQP type does)."""
+        label = event_type_label(event_type if event_type is not None else message.type)
         queue = self.consumer.queue
         headers = dict(message.headers or {})
         headers.update(
@@ -542,26 +621,80 @@ class ConsumerRunner:
                 "x-dead-lettered-at": datetime.now(UTC).isoformat(),
             }
         )
-        await self.dead_letters.publish(
-            aio_pika.Message(
-                body=message.body,
-                headers=headers,
-                content_type=message.content_type,
-                message_id=message.message_id,
-                type=message.type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=queue.name,
-        )
+        try:
+            async with asyncio.timeout(self.dead_letter_timeout):
+                if self.dead_letters_failed and self.open_channel is not None:
+                    await self.reopen_dead_letters(self.open_channel)
+                confirmation = await self.dead_letters.publish(
+                    aio_pika.Message(
+                        body=message.body,
+                        headers=headers,
+                        content_type=message.content_type,
+                        message_id=message.message_id,
+                        type=message.type,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=queue.name,
+                )
+            # Anything but the broker's ack (a returned message: no DLQ bound) is no copy at all.
+            if not isinstance(confirmation, Basic.Ack):
+                raise DeadLetterNotConfirmedError(f"the broker answered {confirmation!r}")
+        except Exception as exc:
+            # Broad on purpose: whatever went wrong, the copy is not known to be safe.
+            self.dead_letters_failed = True
+            await self.give_back(message, label, f"its dead-letter copy failed ({exc!r}); {reason}")
+            return
         await message.ack()
-        self.metrics.consumed(event_type_label(message.type), "dead_lettered")
+        self.metrics.consumed(label, outcome)
         logger.warning(
-            "DEAD-LETTERED message %s from %s to %s: %s",
+            "%s message %s from %s to %s: %s",
+            "SKIPPED" if outcome == "skipped" else "DEAD-LETTERED",
             message.message_id,
             queue.name,
             queue.dead_letter_queue,
             reason,
         )
+
+    async def reopen_dead_letters(
+        self, open_channel: Callable[[], Awaitable[AbstractChannel]]
+    ) -> None:
+        if self.dead_letter_channel is not None:
+            with contextlib.suppress(Exception):
+                await self.dead_letter_channel.close()
+            self.dead_letter_channel = None
+        self.dead_letter_channel = await open_channel()
+        self.dead_letters = await declare_dead_letter_exchange(self.dead_letter_channel)
+        self.dead_letters_failed = False
+
+    async def give_back(self, message: AbstractIncomingMessage, label: str, why: str) -> None:
+        """Return a message that could not be settled to its queue, after a pause that grows with
+        its deliveries, so that it is tried again rather than lost or acked unhandled."""
+        self.metrics.consumed(label, "given_back")
+        count = (message.headers or {}).get("x-delivery-count")
+        deliveries = count if isinstance(count, int) else 0
+        pause = min(DEAD_LETTER_PAUSE_FIRST * 2**deliveries, DEAD_LETTER_PAUSE_MAX)
+        logger.error(
+            "could not park message %s from %s: %s; giving it back in %.2fs",
+            message.message_id,
+            self.consumer.queue.name,
+            why,
+            pause,
+        )
+        if await wait_or_stop(self.stop, pause):
+            # Left unacked: closing the channel hands the message back to the queue.
+            self.gave_back = True
+            return
+        try:
+            await message.nack(requeue=True)
+        except Exception:
+            # Still unsettled, perhaps on a channel that stays open: no later multiple-ack may
+            # take it with a batch it was not part of.
+            self.gave_back = True
+            logger.warning(
+                "could not give back message %s; it stays unacked until its channel closes",
+                message.message_id,
+                exc_info=True,
+            )
 
 
 async def serve_consumers(
@@ -581,7 +714,6 @@ async def serve_consumers(
                 # deliveries (see ConsumerRunner.ack), and each queue has its own prefetch.
                 channel = await connections.broker.channel()
                 await channel.set_qos(prefetch_count=settings.prefetch_count)
-                dead_letters = await declare_dead_letter_exchange(channel)
                 queue = await declare_queue(channel, consumer.queue, settings.quorum_group_size)
                 retries = RetryQueues(
                     await declare_retry_queues(channel, queue, policy, settings.quorum_group_size),
@@ -590,10 +722,14 @@ async def serve_consumers(
                 runner = ConsumerRunner(
                     consumer,
                     connections.pool,
-                    dead_letters,
+                    # Dead-letter copies go out on the consumer's channel, with confirms, until one
+                    # fails; then on channels of the runner's own.
+                    await declare_dead_letter_exchange(channel),
                     stop,
                     settings.prefetch_count,
                     retries,
+                    dead_letter_timeout=settings.dead_letter_timeout,
+                    open_channel=connections.broker.channel,
                 )
                 batch_loops.append(asyncio.create_task(runner.run()))
                 tag = await queue.consume(runner.on_message)

@@ -152,7 +152,8 @@ async def declare_quorum_queue(
 async def declare_queue(
     channel: AbstractChannel, spec: QueueSpec, group_size: int
 ) -> AbstractQueue:
-    """Declare the queue, its bindings and its dead-letter queue; safe to repeat.
+    """Declare the queue, its bindings and its dead-letter queue, and remove the bindings it no
+    longer has (its retired keys); safe to repeat.
 
     Quorum queues, so that RabbitMQ itself counts deliveries and dead-letters a message that was
     delivered DELIVERY_LIMIT times, whatever happened to the consumers that got it, and so that a
@@ -174,6 +175,10 @@ async def declare_queue(
     )
     for routing_key in spec.routing_keys:
         await queue.bind(exchange, routing_key=routing_key)
+    # RabbitMQ answers an unbind of a binding that is not there with unbind-ok, so this is safe
+    # on a queue made by this release as on one an earlier release bound with these keys.
+    for routing_key in spec.retired_keys:
+        await queue.unbind(exchange, routing_key=routing_key)
     return queue
 
 

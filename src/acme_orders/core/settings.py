@@ -242,6 +242,14 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         10.0, gt=0, description="Seconds a service waits for in-flight work on SIGTERM."
     )
+    dead_letter_timeout: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Seconds a consumer waits for RabbitMQ to confirm a dead-letter copy; without it the "
+            "message is given back to its queue, not acked."
+        ),
+    )
     log_level: str = Field("INFO", description="Python log level.")
     log_format: Literal["auto", "json", "text"] = Field(
         "auto",

@@ -22,7 +22,9 @@ from acme_orders.core.events import EVENT_TYPE_BY_NAME, Event
 from acme_orders.core.orders import OrderStatus
 
 # What became of a message a consumer took off its queue.
-Outcome = Literal["handled", "duplicate", "retried", "dead_lettered", "ignored"]
+Outcome = Literal[
+    "handled", "duplicate", "retried", "dead_lettered", "skipped", "ignored", "given_back"
+]
 OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
 # The event_type label of a message that is not one of the system's events (garbage, or a type
 # from the future): bounded, whatever a publisher puts on the queue.
@@ -60,8 +62,10 @@ EVENTS_CONSUMED = Counter(
     "Messages a consumer took off its queue, by event type and what became of them: handled "
     "(first time, committed), duplicate (handled before: only acked), retried (the handler "
     "failed; sent to wait in a retry queue), dead_lettered (can never succeed: parked in "
-    "<queue>.dlq), ignored (an event type the service does not handle). event_type 'other': not "
-    "an event of the catalogue.",
+    "<queue>.dlq), skipped (a type no route of the queue takes, or on a routing key not its "
+    "own: parked in <queue>.dlq), ignored (a type the service's routes say it ignores), "
+    "given_back (its dead-letter copy failed: requeued after a pause, to be tried again). "
+    "event_type 'other': not an event of the catalogue.",
     ["service", "event_type", "outcome"],
 )
 EVENTS_EMITTED = Counter(
@@ -226,7 +230,7 @@ class ConsumerMetrics:
     def consumed(self, event_type: str, outcome: Outcome, count: int = 1) -> None:
         child = self._consumed.get((event_type, outcome))
         if child is None:
-            # A catalogue event this consumer has no route for (ignored, dead-lettered).
+            # A catalogue event this consumer has no route for (skipped, dead-lettered).
             child = self._consumed[(event_type, outcome)] = EVENTS_CONSUMED.labels(
                 self.service, event_type, outcome
             )
