@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-import aio_pika
 import asyncpg
 import orjson
 from aio_pika.abc import (
@@ -51,6 +50,7 @@ from acme_orders.core.messaging import (
     declare_dead_letter_exchange,
     declare_queue,
     declare_retry_queues,
+    persistent_copy,
 )
 from acme_orders.core.observability import tracing
 from acme_orders.core.observability.logs import event_log_context
@@ -534,18 +534,8 @@ class ConsumerRunner:
         headers = {k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
         headers[ATTEMPT_HEADER] = attempt + 1
         headers[LAST_ERROR_HEADER] = error_text(error)
-        copy = aio_pika.Message(
-            body=message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            type=message.type,
-            app_id=message.app_id,
-            timestamp=message.timestamp,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            expiration=expiration_ms(delay, random.random()) / 1000,
+        copy = persistent_copy(
+            message, headers, expiration=expiration_ms(delay, random.random()) / 1000
         )
         confirmation = await self.retries.exchange.publish(
             copy,
@@ -626,14 +616,7 @@ class ConsumerRunner:
                 if self.dead_letters_failed and self.open_channel is not None:
                     await self.reopen_dead_letters(self.open_channel)
                 confirmation = await self.dead_letters.publish(
-                    aio_pika.Message(
-                        body=message.body,
-                        headers=headers,
-                        content_type=message.content_type,
-                        message_id=message.message_id,
-                        type=message.type,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
+                    persistent_copy(message, headers),
                     routing_key=queue.name,
                 )
             # Anything but the broker's ack (a returned message: no DLQ bound) is no copy at all.

@@ -19,7 +19,9 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
+    AbstractIncomingMessage,
     AbstractQueue,
+    HeadersType,
 )
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 from yarl import URL
@@ -285,4 +287,26 @@ def outbox_message(
         message_id=str(row.event_id),
         type=row.event_type,
         app_id="acme-orders",
+    )
+
+
+def persistent_copy(
+    message: AbstractIncomingMessage, headers: HeadersType, *, expiration: float | None = None
+) -> aio_pika.Message:
+    """The message to publish again elsewhere (to a retry queue, to a dead-letter queue, back from
+    one): its body and properties, these headers instead of its own, and persistent whatever it
+    was, since a copy stands in for a message that is then acked."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        app_id=message.app_id,
+        timestamp=message.timestamp,
+        priority=message.priority,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        expiration=expiration,
     )

@@ -30,7 +30,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from acme_orders.core.messaging import connect_once
+from acme_orders.core.messaging import connect_once, persistent_copy
 from acme_orders.core.retries import ATTEMPT_HEADER, LAST_ERROR_HEADER
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
@@ -163,19 +163,7 @@ def replayed(message: AbstractIncomingMessage) -> aio_pika.Message:
         name: value for name, value in (message.headers or {}).items() if name not in _DEATH_HEADERS
     }
     headers["x-replayed-at"] = datetime.now(UTC).isoformat()
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        type=message.type,
-        app_id=message.app_id,
-        timestamp=message.timestamp,
-        priority=message.priority,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
+    return persistent_copy(message, headers)
 
 
 @asynccontextmanager
