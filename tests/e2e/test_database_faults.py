@@ -33,6 +33,7 @@ from acme_orders.order_api import store
 from acme_orders.order_api.schemas import PlaceOrder
 from acme_orders.publisher.relay import relay_outbox_batch
 from tests.support.database_roles import (
+    AppRole,
     create_app_role,
     database_url_as,
     drop_app_role,
@@ -169,7 +170,7 @@ async def deployment() -> AsyncIterator[Deployment]:
     await sweep_abandoned_environments()
     await sweep_abandoned_roles()
     env = await create_environment(QUEUES)
-    role = ""
+    role: AppRole | None = None
     processes: dict[str, ServiceProcess] = {}
     try:
         role = await create_app_role(env)
@@ -191,7 +192,7 @@ async def deployment() -> AsyncIterator[Deployment]:
         admin = await asyncpg.connect(ADMIN_DATABASE_URL, timeout=10)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                yield Deployment(env, role, pool, admin, client, processes)
+                yield Deployment(env, role.name, pool, admin, client, processes)
         finally:
             await admin.close()
             await pool.close()
@@ -201,8 +202,8 @@ async def deployment() -> AsyncIterator[Deployment]:
         finally:
             # The database first: it holds the role's grants (and the read-only default).
             await drop_environment(env.name)
-            if role:
-                await drop_app_role(role)
+            if role is not None:
+                await drop_app_role(role.name)
 
 
 # A fault: inflicted on entering, lifted on leaving, whatever happened in between.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -36,18 +37,28 @@ async def _statement(conn: asyncpg.Connection, template: str, *names: str) -> st
     return statement
 
 
-async def create_app_role(env: TestEnvironment) -> str:
-    """A LOGIN role that reads and writes every table of the environment's database and owns
-    nothing; its name."""
+@dataclass(frozen=True)
+class AppRole:
+    name: str
+    # Where PostgreSQL asks for a password over TCP (Debian's pg_hba.conf, as on a bare machine
+    # set up by scripts/servers.sh), trust alone would not let the role in.
+    password: str
+
+
+async def create_app_role(env: TestEnvironment) -> AppRole:
+    """A LOGIN role, with a password of its own, that reads and writes every table of the
+    environment's database and owns nothing."""
     role = f"{PREFIX}{os.getpid()}_{secrets.token_hex(4)}"
+    password = secrets.token_hex(16)
     admin = await asyncpg.connect(env.database_url, timeout=10)
     try:
         await admin.execute(
             await _statement(
                 admin,
-                "CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                "NOBYPASSRLS",
+                "CREATE ROLE %I LOGIN PASSWORD %L NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                "NOREPLICATION NOBYPASSRLS",
                 role,
+                password,
             )
         )
         try:
@@ -60,14 +71,15 @@ async def create_app_role(env: TestEnvironment) -> str:
             raise
     finally:
         await admin.close()
-    return role
+    return AppRole(role, password)
 
 
-def database_url_as(env: TestEnvironment, role: str) -> str:
-    """The environment's DATABASE_URL, connecting as `role` (trust auth: no password)."""
+def database_url_as(env: TestEnvironment, role: AppRole) -> str:
+    """The environment's DATABASE_URL, connecting as `role` with its password."""
     parts = urlsplit(env.database_url)
     hosts = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"{role}@{hosts}", parts.path, parts.query, ""))
+    login = f"{role.name}:{role.password}@{hosts}"
+    return urlunsplit((parts.scheme, login, parts.path, parts.query, ""))
 
 
 async def drop_app_role(role: str) -> None:
