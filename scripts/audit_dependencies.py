@@ -324,7 +324,8 @@ def report_and_exit_code(
     if verdict.not_audited:
         failed = True
         print(
-            f"FAILED: {len(verdict.not_audited)} of {len(installed)} dependencies could be "
+            f"{'not audited' if verdict.without_source else 'FAILED'}: "
+            f"{len(verdict.not_audited)} of {len(installed)} dependencies could be "
             "audited neither by the vulnerability service nor by the advisory snapshot:"
         )
         for name, why in sorted(verdict.not_audited.items()):
