@@ -9,6 +9,7 @@ import json
 import aio_pika
 import pytest
 
+from acme_orders.core.retries import RetryPolicy, retry_queue_name
 from acme_orders.core.topology import QUEUES
 from tests.support.clusters import ClusterEnvironment, RabbitCluster
 from tests.support.rabbitmq_cluster import RabbitNode
@@ -40,9 +41,19 @@ async def test_the_consumer_queues_have_a_member_on_every_node(
     rabbitmq_cluster: RabbitCluster, cluster_env: ClusterEnvironment
 ) -> None:
     """declare_topology sets no x-quorum-initial-group-size: RabbitMQ 3.10 then gives a quorum
-    queue a member on each node of the cluster."""
+    queue a member on each node of the cluster. The retry queues too: a message waiting for its
+    next attempt survives a node's loss like one in its work queue."""
     queues = {q.name: q for q in await rabbitmq_cluster.queues(cluster_env.name)}
-    expected = {n for spec in QUEUES for n in (spec.name, spec.dead_letter_queue)}
+    waits = RetryPolicy.from_settings(cluster_env.settings()).waits
+    expected = {
+        name
+        for spec in QUEUES
+        for name in (
+            spec.name,
+            spec.dead_letter_queue,
+            *(retry_queue_name(spec.name, attempt) for attempt in waits),
+        )
+    }
     assert set(queues) == expected
     every_node = sorted(node.name for node in rabbitmq_cluster.nodes)
     for queue in queues.values():
