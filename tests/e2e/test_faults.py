@@ -45,7 +45,12 @@ class Deployment:
 
     async def start(self, service: str) -> None:
         self.processes[service] = [
-            ServiceProcess.service(service, self.environ, f"{service}-{n}").start()
+            ServiceProcess.service(
+                # The environment's name in it: each fault's logs are kept, not the last one's.
+                service,
+                self.environ,
+                f"faults-{self.env.name}-{service}-{n}",
+            ).start()
             for n in range(INSTANCES.get(service, 1))
         ]
         await asyncio.gather(*(wait_ready(p) for p in self.processes[service]))
