@@ -47,6 +47,7 @@ from pydantic import ValidationError
 from acme_orders.core.database import Connection, is_transient
 from acme_orders.core.events import EXCHANGE, Event, caused_by
 from acme_orders.core.messaging import (
+    RABBITMQ_DEATH_HEADERS,
     declare_dead_letter_exchange,
     declare_queue,
     declare_retry_queues,
@@ -82,18 +83,7 @@ RETRY_PAUSE_MAX = 1.0
 RETRY_CONFIRM_TIMEOUT = 10.0
 # Headers of the original's earlier deaths in retry queues (RabbitMQ's), not carried to a copy:
 # the attempt header tells its story, and the list would grow with every attempt.
-_DEATH_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-delivery-count",
-    }
-)
+_DEATH_HEADERS = RABBITMQ_DEATH_HEADERS
 
 # Seconds before a message whose dead-letter copy failed is given back: doubling with the
 # message's deliveries, from DEAD_LETTER_PAUSE_FIRST up to DEAD_LETTER_PAUSE_MAX. The batch waits

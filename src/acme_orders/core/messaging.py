@@ -290,6 +290,23 @@ def outbox_message(
     )
 
 
+# What RabbitMQ writes on a message when it dead-letters it (x-death and its summaries) and when a
+# quorum queue delivers it again (x-delivery-count): the story of the original, never carried to
+# a copy that starts its own.
+RABBITMQ_DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    }
+)
+
+
 def persistent_copy(
     message: AbstractIncomingMessage, headers: HeadersType, *, expiration: float | None = None
 ) -> aio_pika.Message:

@@ -30,7 +30,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelNotFoundEntity
 
-from acme_orders.core.messaging import connect_once, persistent_copy
+from acme_orders.core.messaging import RABBITMQ_DEATH_HEADERS, connect_once, persistent_copy
 from acme_orders.core.retries import ATTEMPT_HEADER, LAST_ERROR_HEADER
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
@@ -46,23 +46,13 @@ CONFIRM_TIMEOUT = 30.0
 # Leaving x-death in would make RabbitMQ see a dead-lettering cycle if the message died again.
 # x-delivery-count is written by the DLQ on redelivery and says nothing about the replay. Without
 # its attempt header, a replayed message has all its attempts again.
-_DEATH_HEADERS = frozenset(
-    {
-        ATTEMPT_HEADER,
-        LAST_ERROR_HEADER,
-        "x-dead-letter-reason",
-        "x-dead-letter-queue",
-        "x-dead-lettered-at",
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-delivery-count",
-    }
-)
+_DEATH_HEADERS = RABBITMQ_DEATH_HEADERS | {
+    ATTEMPT_HEADER,
+    LAST_ERROR_HEADER,
+    "x-dead-letter-reason",
+    "x-dead-letter-queue",
+    "x-dead-lettered-at",
+}
 
 
 class UnknownQueueError(LookupError):
