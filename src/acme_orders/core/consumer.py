@@ -41,7 +41,6 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
-from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from acme_orders.core.database import Connection, is_transient
@@ -52,6 +51,7 @@ from acme_orders.core.messaging import (
     declare_queue,
     declare_retry_queues,
     persistent_copy,
+    publish_confirmed,
 )
 from acme_orders.core.observability import tracing
 from acme_orders.core.observability.logs import event_log_context
@@ -81,9 +81,6 @@ RETRY_PAUSE_MAX = 1.0
 
 # Seconds the broker may take to confirm a retry's copy before it counts as refused.
 RETRY_CONFIRM_TIMEOUT = 10.0
-# Headers of the original's earlier deaths in retry queues (RabbitMQ's), not carried to a copy:
-# the attempt header tells its story, and the list would grow with every attempt.
-_DEATH_HEADERS = RABBITMQ_DEATH_HEADERS
 
 # Seconds before a message whose dead-letter copy failed is given back: doubling with the
 # message's deliveries, from DEAD_LETTER_PAUSE_FIRST up to DEAD_LETTER_PAUSE_MAX. The batch waits
@@ -110,8 +107,10 @@ class DependencyUnavailableError(Exception):
     unacked, however long that lasts, and the outage never uses up their deliveries."""
 
 
-class DeadLetterNotConfirmedError(Exception):
-    """The broker did not ack a dead-letter copy: it returned it unroutable, or gave no confirm."""
+def earlier_deliveries(message: AbstractIncomingMessage) -> int:
+    """How often the message was delivered before, as a quorum queue counts in its header."""
+    count = (message.headers or {}).get("x-delivery-count")
+    return count if isinstance(count, int) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +168,6 @@ class RetryQueues:
 
     exchange: AbstractExchange
     policy: RetryPolicy
-
-
-class RetryRefusedError(Exception):
-    """The broker did not take a retry's copy (it returned or refused it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,30 +516,28 @@ class ConsumerRunner:
         """Publish a copy of the message, marked as the next attempt, to the retry queue of this
         attempt, expiring within `delay` seconds; returns once the broker confirmed it."""
         assert self.retries is not None
-        headers = {k: v for k, v in (message.headers or {}).items() if k not in _DEATH_HEADERS}
+        # The original's earlier deaths in retry queues are not carried: the attempt header tells
+        # its story, and the list would grow with every attempt.
+        headers = {
+            k: v for k, v in (message.headers or {}).items() if k not in RABBITMQ_DEATH_HEADERS
+        }
         headers[ATTEMPT_HEADER] = attempt + 1
         headers[LAST_ERROR_HEADER] = error_text(error)
         copy = persistent_copy(
             message, headers, expiration=expiration_ms(delay, random.random()) / 1000
         )
-        confirmation = await self.retries.exchange.publish(
-            copy,
-            routing_key=retry_queue_name(self.consumer.queue.name, attempt),
-            # Unroutable (its retry queue is missing) comes back, instead of vanishing.
-            mandatory=True,
-            timeout=RETRY_CONFIRM_TIMEOUT,
-        )
-        if not isinstance(confirmation, Basic.Ack):
-            raise RetryRefusedError(f"the broker answered {confirmation!r}")
+        # Unroutable (its retry queue is missing) comes back, instead of vanishing.
+        async with asyncio.timeout(RETRY_CONFIRM_TIMEOUT):
+            await publish_confirmed(
+                self.retries.exchange, copy, retry_queue_name(self.consumer.queue.name, attempt)
+            )
 
     def requeue_in_place(self, delivery: Delivery, error: Exception) -> None:
         """Give the message back to its queue after a short pause, unacked: for when it cannot
         wait in a retry queue. The queue's delivery limit bounds how often."""
         message, event = delivery.message, delivery.event
         self.metrics.consumed(event.event_type, "retried")
-        # Quorum queues count earlier deliveries in this header.
-        count = (message.headers or {}).get("x-delivery-count")
-        deliveries = count if isinstance(count, int) else 0
+        deliveries = earlier_deliveries(message)
         # The requeue task copies the context: its lines carry the event's fields too.
         with event_log_context(event):
             logger.error(
@@ -605,13 +598,10 @@ class ConsumerRunner:
             async with asyncio.timeout(self.dead_letter_timeout):
                 if self.dead_letters_failed and self.open_channel is not None:
                     await self.reopen_dead_letters(self.open_channel)
-                confirmation = await self.dead_letters.publish(
-                    persistent_copy(message, headers),
-                    routing_key=queue.name,
+                # A returned message (no DLQ bound) is no copy at all.
+                await publish_confirmed(
+                    self.dead_letters, persistent_copy(message, headers), queue.name
                 )
-            # Anything but the broker's ack (a returned message: no DLQ bound) is no copy at all.
-            if not isinstance(confirmation, Basic.Ack):
-                raise DeadLetterNotConfirmedError(f"the broker answered {confirmation!r}")
         except Exception as exc:
             # Broad on purpose: whatever went wrong, the copy is not known to be safe.
             self.dead_letters_failed = True
@@ -643,9 +633,9 @@ class ConsumerRunner:
         """Return a message that could not be settled to its queue, after a pause that grows with
         its deliveries, so that it is tried again rather than lost or acked unhandled."""
         self.metrics.consumed(label, "given_back")
-        count = (message.headers or {}).get("x-delivery-count")
-        deliveries = count if isinstance(count, int) else 0
-        pause = min(DEAD_LETTER_PAUSE_FIRST * 2**deliveries, DEAD_LETTER_PAUSE_MAX)
+        pause = min(
+            DEAD_LETTER_PAUSE_FIRST * 2 ** earlier_deliveries(message), DEAD_LETTER_PAUSE_MAX
+        )
         logger.error(
             "could not park message %s from %s: %s; giving it back in %.2fs",
             message.message_id,

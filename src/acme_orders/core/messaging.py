@@ -24,6 +24,7 @@ from aio_pika.abc import (
     HeadersType,
 )
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
+from pamqp.commands import Basic
 from yarl import URL
 
 from acme_orders.core.events import EXCHANGE
@@ -327,3 +328,19 @@ def persistent_copy(
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         expiration=expiration,
     )
+
+
+class CopyNotConfirmedError(Exception):
+    """The broker did not ack a copy: it returned it unroutable, or nacked it."""
+
+
+async def publish_confirmed(
+    exchange: AbstractExchange,
+    message: aio_pika.Message,
+    routing_key: str,
+) -> None:
+    """Publish, mandatory, on a channel with confirms; returns only once the broker acked it,
+    else raises (CopyNotConfirmedError, or the publish's own error)."""
+    confirmation = await exchange.publish(message, routing_key=routing_key, mandatory=True)
+    if not isinstance(confirmation, Basic.Ack):
+        raise CopyNotConfirmedError(f"the broker answered {confirmation!r}")
