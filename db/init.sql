@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS orders (
     customer_id  text NOT NULL,
     email        text NOT NULL,
     status       text NOT NULL DEFAULT 'pending'
-                 CHECK (status IN ('pending', 'reserved', 'paid', 'payment_failed', 'out_of_stock')),
+                 CHECK (status IN ('pending', 'reserved', 'paid', 'payment_failed', 'out_of_stock',
+                                   'cancelled')),
     total        numeric(18, 2) NOT NULL CHECK (total >= 0),
     created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     -- The time the current status was written: latency is updated_at - created_at.
@@ -41,8 +42,9 @@ CREATE OR REPLACE FUNCTION orders_guard_status() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.status IS DISTINCT FROM OLD.status THEN
-        IF NOT ((OLD.status = 'pending' AND NEW.status IN ('reserved', 'out_of_stock'))
-             OR (OLD.status = 'reserved' AND NEW.status IN ('paid', 'payment_failed'))) THEN
+        IF NOT ((OLD.status = 'pending' AND NEW.status IN ('reserved', 'out_of_stock', 'cancelled'))
+             OR (OLD.status = 'reserved' AND NEW.status IN ('paid', 'payment_failed', 'cancelled')))
+        THEN
             RAISE EXCEPTION 'order % cannot move from % to %', OLD.id, OLD.status, NEW.status
                 USING ERRCODE = 'check_violation';
         END IF;
@@ -109,7 +111,8 @@ CREATE TABLE IF NOT EXISTS processed_events (
 CREATE TABLE IF NOT EXISTS notifications (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     order_id    uuid NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
-    kind        text NOT NULL CHECK (kind IN ('order_paid', 'payment_failed', 'out_of_stock')),
+    kind        text NOT NULL CHECK (kind IN ('order_paid', 'payment_failed', 'out_of_stock',
+                                         'order_cancelled')),
     recipient   text NOT NULL,
     subject     text NOT NULL,
     body        text NOT NULL,

@@ -11,6 +11,7 @@ from acme_orders.core.events import (
     Event,
     InventoryReleased,
     InventoryReserved,
+    OrderCancelled,
     OrderOutOfStock,
     OrderPlaced,
     PaymentCompleted,
@@ -85,6 +86,7 @@ def test_the_catalogue_knows_the_queues_of_every_consumer_the_cli_runs() -> None
     assert [spec.name for spec in QUEUES] == [
         "inventory.order.placed",
         "inventory.payment.failed",
+        "inventory.order.cancelled",
         "payment.inventory.reserved",
         "notification.order.outcome",
     ]
@@ -99,6 +101,7 @@ def test_a_subscription_names_the_queue_the_event_arrives_on() -> None:
         OrderOutOfStock,
         PaymentCompleted,
         PaymentFailed,
+        OrderCancelled,
     ]
 
 

@@ -21,6 +21,7 @@ from acme_orders.core.events import (
     Event,
     InventoryReleased,
     InventoryReserved,
+    OrderCancelled,
     OrderLine,
     OrderOutOfStock,
     OrderPlaced,
@@ -201,6 +202,7 @@ EVENTS: dict[type[Event], st.SearchStrategy[Event]] = {
     PaymentFailed: st.builds(
         PaymentFailed, amount=money, reason=st.text(max_size=1000), **customer
     ),
+    OrderCancelled: st.builds(OrderCancelled, reason=st.text(min_size=1, max_size=64), **customer),
 }
 
 

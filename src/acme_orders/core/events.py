@@ -115,8 +115,21 @@ class OrderOutOfStock(CustomerEvent):
     shortages: Annotated[tuple[StockShortage, ...], Field(min_length=1, max_length=MAX_LINES)]
 
 
+class OrderCancelled(CustomerEvent):
+    """The order was cancelled before it was final: by its key's client, by an operator, or by
+    the system once it was not final ORDER_TIMEOUT seconds after it was placed. Whatever stock it
+    held is to be released, and it is never charged."""
+
+    routing_key: ClassVar[str] = "order.cancelled"
+    event_type: Literal["OrderCancelled"] = "OrderCancelled"
+    # Who cancelled: "requested" (POST /orders/{id}/cancel), "operator" (`acme-orders cancel`) or
+    # "timed_out" (ORDER_TIMEOUT). A plain string, so that a new reason needs no new version.
+    reason: Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class InventoryReleased(Event):
-    """The stock reserved for an order whose payment failed is back on the shelf."""
+    """The stock reserved for an order whose payment failed, or that was cancelled, is back on
+    the shelf."""
 
     routing_key: ClassVar[str] = "inventory.released"
     event_type: Literal["InventoryReleased"] = "InventoryReleased"
@@ -163,6 +176,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     InventoryReleased,
     PaymentCompleted,
     PaymentFailed,
+    OrderCancelled,
 )
 EVENT_TYPE_BY_NAME: dict[str, type[Event]] = {
     cls.model_fields["event_type"].default: cls for cls in EVENT_TYPES

@@ -1,8 +1,8 @@
 """The order's life cycle, shared by the services that move it along.
 
-pending -> reserved -> paid | payment_failed, and pending -> out_of_stock. A status never moves
-backwards and a final status never changes: the services ask for a transition from the status
-they expect, and a trigger in the database refuses any other.
+pending -> reserved -> paid | payment_failed, and pending -> out_of_stock; pending or reserved ->
+cancelled. A status never moves backwards and a final status never changes: the services ask for a
+transition from the status they expect, and a trigger in the database refuses any other.
 """
 
 from __future__ import annotations
@@ -21,9 +21,30 @@ class OrderStatus(StrEnum):
     PAID = "paid"
     PAYMENT_FAILED = "payment_failed"
     OUT_OF_STOCK = "out_of_stock"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATUSES = frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.OUT_OF_STOCK})
+FINAL_STATUSES = frozenset(
+    {
+        OrderStatus.PAID,
+        OrderStatus.PAYMENT_FAILED,
+        OrderStatus.OUT_OF_STOCK,
+        OrderStatus.CANCELLED,
+    }
+)
+
+
+# Statuses an order can be cancelled from: it has not been charged, refused or told it is out of
+# stock yet.
+CANCELLABLE_STATUSES = frozenset({OrderStatus.PENDING, OrderStatus.RESERVED})
+
+
+class CancelReason:
+    """OrderCancelled.reason: who cancelled the order."""
+
+    REQUESTED = "requested"
+    OPERATOR = "operator"
+    TIMED_OUT = "timed_out"
 
 
 class UnprocessableEventError(Exception):

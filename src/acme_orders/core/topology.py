@@ -18,6 +18,7 @@ from acme_orders.core.events import (
     Event,
     InventoryReleased,
     InventoryReserved,
+    OrderCancelled,
     OrderOutOfStock,
     OrderPlaced,
     PaymentCompleted,
@@ -51,23 +52,33 @@ class QueueSpec:
         return f"{self.name}.dlq"
 
 
-# Inventory has two queues, so that releasing stock never waits behind a backlog of new orders.
+# Inventory reads new orders apart from what it releases, so that releasing stock never waits
+# behind a backlog of new orders.
 INVENTORY_ORDER_PLACED = QueueSpec("inventory.order.placed", (OrderPlaced.routing_key,))
 INVENTORY_PAYMENT_FAILED = QueueSpec("inventory.payment.failed", (PaymentFailed.routing_key,))
+INVENTORY_ORDER_CANCELLED = QueueSpec("inventory.order.cancelled", (OrderCancelled.routing_key,))
 PAYMENT_INVENTORY_RESERVED = QueueSpec(
     "payment.inventory.reserved", (InventoryReserved.routing_key,)
 )
 NOTIFICATION_ORDER_OUTCOME = QueueSpec(
     "notification.order.outcome",
-    (PaymentCompleted.routing_key, PaymentFailed.routing_key, OrderOutOfStock.routing_key),
+    (
+        PaymentCompleted.routing_key,
+        PaymentFailed.routing_key,
+        OrderOutOfStock.routing_key,
+        OrderCancelled.routing_key,
+    ),
     # Until issue 14 the queue took "payment.*", so that a new payment event arrived unasked, to
     # be acked unseen; a new type is now a choice written in the routes.
     retired_keys=("payment.*",),
 )
 
-# The service whose transaction writes each event to the outbox.
+# The service whose transaction writes each event to the outbox. OrderCancelled is the API's
+# (POST /orders/{id}/cancel); the publisher's expiry of overdue orders and `acme-orders cancel`
+# write it with the API's statement (orders.cancel_orders).
 PUBLISHED_BY: dict[type[Event], str] = {
     OrderPlaced: API,
+    OrderCancelled: API,
     InventoryReserved: INVENTORY,
     OrderOutOfStock: INVENTORY,
     InventoryReleased: INVENTORY,
@@ -77,7 +88,7 @@ PUBLISHED_BY: dict[type[Event], str] = {
 
 # Each consuming service and the queues it reads, in the order of SERVICES.
 SUBSCRIPTIONS: dict[str, tuple[QueueSpec, ...]] = {
-    INVENTORY: (INVENTORY_ORDER_PLACED, INVENTORY_PAYMENT_FAILED),
+    INVENTORY: (INVENTORY_ORDER_PLACED, INVENTORY_PAYMENT_FAILED, INVENTORY_ORDER_CANCELLED),
     PAYMENT: (PAYMENT_INVENTORY_RESERVED,),
     NOTIFICATION: (NOTIFICATION_ORDER_OUTCOME,),
 }

@@ -1,4 +1,5 @@
-"""The inventory's decisions: reserve an order's stock, or release it.
+"""The inventory's decisions: reserve an order's stock, or release it (its payment failed, or it
+was cancelled).
 
 Both handlers take a batch of events, handled in one transaction, and decide order by order in
 delivery order, so a batch decides exactly as the same events would one at a time.
@@ -16,6 +17,7 @@ from acme_orders.core.events import (
     Event,
     InventoryReleased,
     InventoryReserved,
+    OrderCancelled,
     OrderOutOfStock,
     OrderPlaced,
     PaymentFailed,
@@ -151,8 +153,13 @@ WHERE p.sku = change.sku
 """
 
 
-async def release_stock(events: Sequence[PaymentFailed], tx: Connection) -> Sequence[Event]:
-    """Put back what was reserved for orders whose payment failed, once."""
+async def release_stock(
+    events: Sequence[PaymentFailed | OrderCancelled], tx: Connection
+) -> Sequence[Event]:
+    """Put back what was reserved for orders whose payment failed or that were cancelled, once.
+    The order's row lock comes first, as in reserve_stock: an order cancelled while it was being
+    reserved is released only after its reservation committed, and one cancelled before finds
+    nothing reserved, as reserve_stock will not reserve a cancelled order."""
     order_ids = [event.order_id for event in events]
     await lock_orders(tx, order_ids)
     released = await tx.fetch(RELEASE_RESERVATIONS, order_ids)
@@ -166,7 +173,7 @@ async def release_stock(events: Sequence[PaymentFailed], tx: Connection) -> Sequ
         await _add_stock(tx, back)
 
     # Each order once, answering the first of its events in the batch.
-    first_events: dict[UUID, PaymentFailed] = {}
+    first_events: dict[UUID, PaymentFailed | OrderCancelled] = {}
     for event in events:
         first_events.setdefault(event.order_id, event)
     emitted: list[Event] = []

@@ -7,14 +7,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from acme_orders.core.database import Connection
-from acme_orders.core.events import Event, OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.core.events import (
+    Event,
+    OrderCancelled,
+    OrderOutOfStock,
+    PaymentCompleted,
+    PaymentFailed,
+)
 from acme_orders.core.observability.logs import event_log_context
-from acme_orders.core.orders import lock_orders
+from acme_orders.core.orders import CancelReason, lock_orders
 from acme_orders.ops.privacy import mask_email
 
 logger = logging.getLogger(__name__)
 
-OrderOutcome = PaymentCompleted | PaymentFailed | OrderOutOfStock
+OrderOutcome = PaymentCompleted | PaymentFailed | OrderOutOfStock | OrderCancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +30,14 @@ class Email:
     recipient: str
     subject: str
     body: str
+
+
+# What the e-mail says of each OrderCancelled.reason we know.
+CANCELLED_BECAUSE = {
+    CancelReason.REQUESTED: "you asked us to cancel it",
+    CancelReason.OPERATOR: "our staff cancelled it",
+    CancelReason.TIMED_OUT: "it could not be completed in time",
+}
 
 
 def compose_email(event: OrderOutcome) -> Email:
@@ -57,6 +71,15 @@ def compose_email(event: OrderOutcome) -> Email:
                 event.email,
                 f"Your Acme order {order} could not be fulfilled",
                 f"Sorry: not enough stock for {missing}. Nothing was charged.",
+            )
+        case OrderCancelled():
+            why = CANCELLED_BECAUSE.get(event.reason, "it was cancelled")
+            return Email(
+                "order_cancelled",
+                "Order Cancelled",
+                event.email,
+                f"Your Acme order {order} is cancelled",
+                f"Order {order} is cancelled: {why}. Nothing was charged.",
             )
 
 

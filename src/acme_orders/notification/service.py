@@ -6,7 +6,7 @@ import asyncio
 
 from acme_orders.core import topology
 from acme_orders.core.consumer import Consumer, Route, serve_consumers
-from acme_orders.core.events import OrderOutOfStock, PaymentCompleted, PaymentFailed
+from acme_orders.core.events import OrderCancelled, OrderOutOfStock, PaymentCompleted, PaymentFailed
 from acme_orders.core.settings import Settings
 from acme_orders.notification.email import send_notifications
 
@@ -22,6 +22,7 @@ def consumers(linger: float = 0.0) -> list[Consumer]:
                 Route(PaymentCompleted, send_notifications),
                 Route(PaymentFailed, send_notifications),
                 Route(OrderOutOfStock, send_notifications),
+                Route(OrderCancelled, send_notifications),
             ],
             # An e-mail is the end of an order's story, not a step the order waits for: lingering
             # for larger batches costs the customer milliseconds and saves the pipeline's CPU.

@@ -222,3 +222,10 @@ class OrderTimeline(BaseModel):
         description="In causal order. Empty once the outbox rows were purged (OUTBOX_RETENTION "
         "after publishing)."
     )
+
+
+class OrderIsFinal(BaseModel):
+    """The answer to cancelling an order that has already ended another way."""
+
+    detail: str = Field(description="A sentence saying so.")
+    status: OrderStatus = Field(description="The status the order ended with, which it keeps.")

@@ -13,10 +13,11 @@ from uuid import UUID
 
 import asyncpg
 
+from acme_orders.core.cancellation import cancel_orders
 from acme_orders.core.database import Connection
 from acme_orders.core.events import OrderLine, OrderPlaced
 from acme_orders.core.observability import tracing
-from acme_orders.core.orders import OrderStatus
+from acme_orders.core.orders import CANCELLABLE_STATUSES, CancelReason, OrderStatus
 from acme_orders.core.outbox import EVENT_COLUMNS
 from acme_orders.order_api.paging import Position
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
@@ -253,16 +254,59 @@ async def get_order(
 ) -> OrderOut | None:
     """The order; with `only_of`, only if the API key of that id placed it."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            f"""
-            SELECT {ORDER_COLUMNS} FROM orders
-            WHERE id = $1 AND ($2::bigint IS NULL OR api_key_id = $2)
-            """,
-            order_id,
-            only_of,
-        )
-        orders = await _with_items(conn, rows)
+        return await _read_order(conn, order_id, only_of)
+
+
+GET_ORDER = f"""
+SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND ($2::bigint IS NULL OR api_key_id = $2)
+"""
+
+
+async def _read_order(conn: Connection, order_id: UUID, only_of: int | None) -> OrderOut | None:
+    orders = await _with_items(conn, await conn.fetch(GET_ORDER, order_id, only_of))
     return orders[0] if orders else None
+
+
+class OrderIsFinalError(Exception):
+    """The order ended another way before it could be cancelled."""
+
+    def __init__(self, order_id: UUID, status: OrderStatus) -> None:
+        super().__init__(
+            f"order {order_id} is already {status.value}: only a pending or reserved order can "
+            "be cancelled"
+        )
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledOrder:
+    order: OrderOut
+    # True when the order was cancelled before this request, which changed nothing.
+    earlier: bool
+
+
+async def cancel_order(
+    pool: asyncpg.Pool, order_id: UUID, only_of: int | None, correlation_id: str | None
+) -> CancelledOrder | None:
+    """Cancel the order (with `only_of`, only if that API key placed it) unless it is final, and
+    return it, cancelled: now, or already before. None: no such order. Raises OrderIsFinalError
+    for an order that ended another way, which stays as it is."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await cancel_orders(
+            conn,
+            [order_id],
+            CancelReason.REQUESTED,
+            only_of=only_of,
+            correlation_id=correlation_id,
+        )
+        status = before.get(order_id)
+        if status is None:
+            return None
+        if status not in CANCELLABLE_STATUSES and status is not OrderStatus.CANCELLED:
+            raise OrderIsFinalError(order_id, status)
+        order = await _read_order(conn, order_id, only_of)
+    assert order is not None
+    return CancelledOrder(order, earlier=status is OrderStatus.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)

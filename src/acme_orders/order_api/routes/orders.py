@@ -1,4 +1,4 @@
-"""The order routes: POST /orders, GET /orders/{id} and GET /orders."""
+"""The order routes: POST /orders, GET /orders/{id}, POST /orders/{id}/cancel and GET /orders."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from acme_orders.core.observability.logs import log_context
 from acme_orders.core.observability.metrics import EVENTS_EMITTED
@@ -16,11 +17,13 @@ from acme_orders.order_api.deps import OrderPlacer, Pool, Prices, Reader, Reques
 from acme_orders.order_api.paging import cursor_after
 from acme_orders.order_api.responses import problems
 from acme_orders.order_api.schemas import (
+    OrderIsFinal,
     OrderOut,
     OrderPage,
     OrderQuery,
     PlaceOrder,
 )
+from acme_orders.order_api.security import Caller
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ async def place_order(
                 "order %s placed by %s%s: %s",
                 order.id,
                 mask_emails_in(order.customer_id),
-                f" with key {caller.key.name}" if caller.key else "",
+                _by_key(caller),
                 ", ".join(f"{line.sku} x{line.qty}" for line in order.items),
             )
     return order
@@ -122,6 +125,49 @@ async def get_order(order_id: UUID, pool: Pool, caller: Reader) -> OrderOut:
     if order is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"order {order_id} not found")
     return order
+
+
+ORDER_CANCELLED_EMITTED = EVENTS_EMITTED.labels("api", "OrderCancelled")
+
+
+@orders.post(
+    "/{order_id}/cancel",
+    # The 409 is a JSONResponse of its own (OrderIsFinal), which FastAPI passes through as it is.
+    response_model=OrderOut,
+    responses=problems(401, 403, 404, 422, 429, 503)
+    | {
+        409: {
+            "model": OrderIsFinal,
+            "description": (
+                "The order already ended another way (paid, payment_failed or out_of_stock) and "
+                "keeps that status; `status` says which."
+            ),
+        }
+    },
+)
+async def cancel_order(
+    order_id: UUID, pool: Pool, caller: OrderPlacer, request_id: RequestId
+) -> OrderOut | JSONResponse:
+    """Cancel an order that is not final yet: it becomes `cancelled`, with an OrderCancelled
+    event in the same transaction; the stock it held goes back and it is never charged. Cancelling
+    a cancelled order again changes nothing and answers the same. Needs the orders:write key
+    that placed the order."""
+    try:
+        cancelled = await store.cancel_order(
+            pool, order_id, only_of=caller.only_orders_of, correlation_id=request_id
+        )
+    except store.OrderIsFinalError as exc:
+        return JSONResponse(
+            OrderIsFinal(detail=str(exc), status=exc.status).model_dump(mode="json"),
+            status_code=status.HTTP_409_CONFLICT,
+        )
+    if cancelled is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"order {order_id} not found")
+    if not cancelled.earlier:
+        ORDER_CANCELLED_EMITTED.inc()
+        with log_context(order_id=order_id):
+            logger.info("order %s cancelled on request%s", order_id, _by_key(caller))
+    return cancelled.order
 
 
 async def single_valued_query(request: Request) -> None:
@@ -167,3 +213,7 @@ async def list_orders(
         limit=query.limit,
         next_cursor=cursor_after(page.next_page_after) if page.next_page_after else None,
     )
+
+
+def _by_key(caller: Caller) -> str:
+    return f" with key {caller.key.name}" if caller.key else ""
