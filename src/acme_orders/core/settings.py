@@ -291,6 +291,15 @@ class Settings(BaseSettings):
             "a new order."
         ),
     )
+    order_timeout: float = Field(
+        900.0,
+        ge=0,
+        description=(
+            "Seconds after which an order that is still not final (pending or reserved) is "
+            "cancelled by the publisher, with reason timed_out, and its stock given back; 0 "
+            "turns the expiry off."
+        ),
+    )
     housekeeping_interval: float = Field(
         600.0,
         gt=0,
