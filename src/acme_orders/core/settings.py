@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     payment_success_rate: float = Field(
         1.0, ge=0.0, le=1.0, description="Probability that a simulated charge succeeds."
     )
+    payment_gateway_latency_ms: int = Field(
+        0,
+        ge=0,
+        le=60_000,
+        description=(
+            "Milliseconds the simulated gateway takes to answer each charge, as a real one takes "
+            "a few hundred; 0: it answers at once."
+        ),
+    )
     payment_gateway: Literal["simulated"] = Field(
         "simulated",
         description=(
