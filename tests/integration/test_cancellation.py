@@ -27,6 +27,7 @@ from acme_orders.payment.gateway import SimulatedGateway
 from acme_orders.publisher.expiry import DUE_ORDERS, expire_due_orders
 from tests.support.api import api_client
 from tests.support.products import NewProduct, stock_of
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -167,6 +168,16 @@ async def placed_order(pool: asyncpg.Pool, sku: str, qty: int) -> OrderPlaced:
     return event
 
 
+async def reserved_order(pool: asyncpg.Pool, sku: str, qty: int) -> InventoryReserved:
+    """An order placed and reserved by inventory's handler; the event that asks payment to
+    charge it."""
+    placed = await placed_order(pool, sku, qty)
+    async with pool.acquire() as conn, conn.transaction():
+        [reserved] = await reserve_stock([placed], conn)
+    assert isinstance(reserved, InventoryReserved)
+    return reserved
+
+
 async def cancel(pool: asyncpg.Pool, order_id: UUID) -> OrderCancelled:
     async with pool.acquire() as conn, conn.transaction():
         await cancel_orders(conn, [order_id], CancelReason.OPERATOR)
@@ -178,9 +189,7 @@ async def test_a_cancelled_reservation_is_given_back_exactly_once(
     pool: asyncpg.Pool, new_product: NewProduct
 ) -> None:
     sku = await new_product(stock=10)
-    placed = await placed_order(pool, sku, 3)
-    async with pool.acquire() as conn, conn.transaction():
-        await reserve_stock([placed], conn)
+    placed = await reserved_order(pool, sku, 3)
     assert await stock_of(pool, sku) == 7
     cancelled = await cancel(pool, placed.order_id)
 
@@ -227,21 +236,18 @@ async def test_a_reservation_arriving_after_the_cancel_charges_nothing(
     pool: asyncpg.Pool, new_product: NewProduct
 ) -> None:
     sku = await new_product(stock=10)
-    placed = await placed_order(pool, sku, 1)
-    async with pool.acquire() as conn, conn.transaction():
-        [reserved] = await reserve_stock([placed], conn)
-    assert isinstance(reserved, InventoryReserved)
-    await cancel(pool, placed.order_id)
+    reserved = await reserved_order(pool, sku, 1)
+    await cancel(pool, reserved.order_id)
 
     async with pool.acquire() as conn, conn.transaction():
         emitted = await charge_orders([reserved], conn, gateway=SimulatedGateway(1.0))
 
     assert emitted == []
-    assert await pool.fetchval("SELECT status FROM orders WHERE id = $1", placed.order_id) == (
+    assert await pool.fetchval("SELECT status FROM orders WHERE id = $1", reserved.order_id) == (
         "cancelled"
     )
     assert (
-        await pool.fetchval("SELECT count(*) FROM payments WHERE order_id = $1", placed.order_id)
+        await pool.fetchval("SELECT count(*) FROM payments WHERE order_id = $1", reserved.order_id)
         == 0
     )
 
@@ -252,20 +258,26 @@ async def test_a_cancel_waits_for_a_payment_holding_the_order_and_then_finds_it_
     """The race, one order: payment has locked the order and charges it; a cancel meanwhile
     waits for the lock, then finds the order paid and leaves it paid."""
     sku = await new_product(stock=10)
-    placed = await placed_order(pool, sku, 1)
-    async with pool.acquire() as conn, conn.transaction():
-        [reserved] = await reserve_stock([placed], conn)
-    assert isinstance(reserved, InventoryReserved)
+    reserved = await reserved_order(pool, sku, 1)
     async with pool.acquire() as paying, paying.transaction():
         await charge_orders([reserved], paying, gateway=SimulatedGateway(1.0))
-        cancelling = asyncio.create_task(cancel_in_own_transaction(pool, placed.order_id))
-        await asyncio.sleep(0.2)
-        assert not cancelling.done(), "the cancel did not wait for the payment's lock"
+        cancelling = asyncio.create_task(cancel_in_own_transaction(pool, reserved.order_id))
+
+        async def cancel_waits_for_the_lock() -> bool:
+            waiting = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return bool(waiting)
+
+        await wait_until(cancel_waits_for_the_lock, what="the cancel to wait for the order's lock")
+        assert not cancelling.done()
     before = await asyncio.wait_for(cancelling, 10)
 
     assert before == "paid"
-    assert await pool.fetchval("SELECT status FROM orders WHERE id = $1", placed.order_id) == "paid"
-    assert await cancellations_of(pool, placed.order_id) == []
+    status = await pool.fetchval("SELECT status FROM orders WHERE id = $1", reserved.order_id)
+    assert status == "paid"
+    assert await cancellations_of(pool, reserved.order_id) == []
 
 
 async def cancel_in_own_transaction(pool: asyncpg.Pool, order_id: UUID) -> str:
