@@ -54,7 +54,7 @@ fi
 if [ ! -f "$stamp" ]; then
     echo "==> installing acme-orders, its benchmark (./bench) and their dependencies into .venv"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e ./bench
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e "./bench[chart]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
