@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each ceiling is measured (default: 5)",
     )
     bench.add_argument(
+        "--ceiling-batch",
+        type=int,
+        metavar="N",
+        help="orders per batch of the database ceiling: each consumer's transaction handles N "
+        "orders' events, as a consumer handles what it received up to its prefetch (default: "
+        "PREFETCH_COUNT, the batches of the pipeline flat out; 1 models low rates)",
+    )
+    bench.add_argument(
         "--drain",
         type=int,
         metavar="N",
@@ -193,5 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             history_days=args.history_days,
             purge=args.purge,
             quiet=args.quiet,
+            ceiling_batch=args.ceiling_batch,
         )
     )

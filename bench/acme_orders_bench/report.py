@@ -151,7 +151,8 @@ def summary(result: dict[str, Any]) -> str:
                 "ceiling: database only",
                 database,
                 lambda c: (
-                    f"{num(c['orders_per_second'])} orders/s (pgbench); "
+                    f"{num(c['orders_per_second'])} orders/s (pgbench, batches of "
+                    f"{c.get('batch', 1)}); "
                     f"pipeline = {_pct(e2e, c['orders_per_second'])} of it"
                 ),
             )

@@ -67,6 +67,8 @@ class BenchOptions:
     history_days: float = 30.0
     # --purge: housekeeping's purge_all in the middle of the measured window, timed.
     purge: bool = False
+    # --ceiling-batch N: orders per batch of the database ceiling (default: PREFETCH_COUNT).
+    ceiling_batch: int | None = None
     # --quiet: no progress lines on stderr (there are none when stderr is not a terminal).
     quiet: bool = False
 
@@ -121,6 +123,8 @@ class BenchOptions:
             raise ValueError("--threads must be at least 1 and --connections at least --threads")
         if not 0 <= self.payment_success_rate <= 1:
             raise ValueError("--payment-success-rate is a probability, from 0 to 1")
+        if self.ceiling_batch is not None and self.ceiling_batch < 1:
+            raise ValueError("--ceiling-batch must be at least 1")
         if self.ceiling_seconds < 1:
             raise ValueError("--ceiling-seconds must be at least 1")
         if self.instances < 1 or (self.instances > 1 and self.attach is not None):
@@ -404,10 +408,18 @@ async def measure_ceilings(
     try:
         if scratch is None:
             scratch = made = await system.create_scratch(base, options.rabbitmqctl)
-        _say(f"ceiling: database only (pgbench, {options.ceiling_seconds} s)")
+        batch = options.ceiling_batch or base.prefetch_count
+        _say(
+            f"ceiling: database only (pgbench, {options.ceiling_seconds} s, batches of {batch} "
+            "orders)"
+        )
         try:
             results["database"] = await ceilings.database_ceiling(
-                scratch.settings.database_url, skus, options.ceiling_seconds
+                scratch.settings.database_url,
+                skus,
+                options.ceiling_seconds,
+                batch,
+                base.outbox_batch_size,
             )
         except (ceilings.CeilingError, OSError) as exc:
             results["database"] = {"error": str(exc)}

@@ -77,14 +77,9 @@ def test_connections_grow_with_the_rate() -> None:
 
 def test_pgbench_script_has_no_stray_variables() -> None:
     """pgbench reads any ":word" as a variable: only the script's own may appear."""
-    script = ceilings.pgbench_script(["A-1", "B-2", "C-3"])
+    script = ceilings.pgbench_script(["A-1", "B-2", "C-3"], batch=4)
     used = set(re.findall(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", script))
-    ids = {
-        f"{name}_{half}"
-        for name in ("order", "placed", "reserved", "paid")
-        for half in ["hi", "lo"]
-    }
-    assert used == {"lo", "hi", "qty", "cust"} | ids
+    assert used == {"lo", "hi", "qty", "cust", "seed"}
 
 
 def normalised(statement: str) -> str:
@@ -132,3 +127,17 @@ def test_instances_start_every_service_but_the_api_that_many_times() -> None:
 def test_instances_need_a_system_of_the_benchs_own(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="--instances"):
         options(**changes).validate()
+
+
+def test_the_database_ceiling_batches_as_the_consumers_do() -> None:
+    """The API places each order with a statement of its own; each consumer handles the batch's
+    events in one transaction; the publisher claims up to OUTBOX_BATCH_SIZE rows."""
+    script = ceilings.pgbench_script(["A-1", "B-2", "C-3"], batch=3, claim_limit=200)
+
+    assert script.count("INSERT INTO orders ") == 3
+    # inventory, payment, notification, publisher: one transaction each for the whole batch.
+    assert script.count("BEGIN;") == 4
+    assert "generate_series(1, 3)" in script
+    assert "LIMIT (200)" in script
+    with pytest.raises(ValueError, match="at least one order"):
+        ceilings.pgbench_script(["A-1"], batch=0)
