@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="before the services start, prefill the bench's fresh database with N finished "
-        "orders and the rows they leave within the retention settings (set-based, about a "
-        "minute per million orders), then run the load; compare with the same run without it",
+        "orders and the rows they leave within the retention settings (set-based, a few "
+        "minutes per million orders on two cores), then run the load; compare with the same "
+        "run without it",
     )
     bench.add_argument(
         "--history-days",
