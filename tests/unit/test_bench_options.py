@@ -58,6 +58,14 @@ def test_orders_at_a_rate_set_the_duration() -> None:
         {"drain": 1000},  # with the default --rate of these tests
         {"drain": 1000, "rate": None, "attach": "http://127.0.0.1:8000"},
         {"drain": 0, "rate": None},
+        {"sweep": (100.0, 200.0)},  # with the default --rate of these tests
+        {"sweep": (100.0, 200.0), "rate": None, "orders": 1000},
+        {"history": 0},
+        {"history": 1000, "attach": "http://127.0.0.1:8000"},
+        {"history": 1000, "history_days": 0},
+        {"purge": True, "attach": "http://127.0.0.1:8000"},
+        {"purge": True, "sweep": (100.0, 200.0), "rate": None},
+        {"ceiling_batch": 0},
     ],
 )
 def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
@@ -67,6 +75,11 @@ def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
 
 def test_drain_alone_is_accepted() -> None:
     options(drain=100_000, rate=None).validate()
+
+
+def test_a_sweep_on_history_and_a_purge_on_history_are_accepted() -> None:
+    options(sweep=(100.0, 250.0, None), rate=None, history=5_000_000).validate()
+    options(history=5_000_000, purge=True).validate()
 
 
 def test_connections_grow_with_the_rate() -> None:

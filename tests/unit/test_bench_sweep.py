@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from acme_orders.core.settings import Settings
 from acme_orders_bench import history, progress, sweep
 
 
@@ -81,6 +83,37 @@ def test_sweep_chart_without_matplotlib_says_how_to_get_it(
     with pytest.raises(sweep.ChartUnavailableError, match=r"pip install './bench\[chart\]'"):
         sweep.write_chart(STEPS, tmp_path / "sweep.png", "test sweep")
     assert not (tmp_path / "sweep.png").exists()
+
+
+def test_sweep_summary_heads_the_table_with_the_run() -> None:
+    result = {
+        "mode": "sweep",
+        "started_at": "2026-12-01T12:00:00+00:00",
+        "options": {"warmup": 2.0, "duration": 30.0},
+        "steps": STEPS,
+        "chart": {"skipped": sweep.CHART_MISSING},
+    }
+
+    text = sweep.summary(result)
+
+    assert "3, each 2 s warm-up + 30 s measured" in text
+    assert "chart skipped: matplotlib is not installed" in text
+    assert text.splitlines()[-1].split()[:2] == ["flat", "out"]
+
+
+def test_next_purge_deletes_one_interval_of_each_retention() -> None:
+    settings = Settings(housekeeping_interval=3600)
+
+    purge = history.next_purge(settings)
+
+    assert purge.outbox_retention == settings.outbox_retention - timedelta(hours=1)
+    assert purge.processed_events_retention == (
+        settings.processed_events_retention - timedelta(hours=1)
+    )
+    assert purge.idempotency_key_retention == timedelta(hours=23)
+    assert history.next_purge(Settings(housekeeping_interval=90000)).idempotency_key_retention == (
+        timedelta(0)
+    )
 
 
 def test_load_progress_line() -> None:
