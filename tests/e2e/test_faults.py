@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from acme_orders.core.topology import QUEUES
+from tests.support.audit import assert_audit_clean
 from tests.support.environment import TestEnvironment, create_environment, drop_environment
 from tests.support.faults import TcpProxy
 from tests.support.load import Load, assert_pipeline_consistent
@@ -150,6 +151,8 @@ async def test_every_order_survives_the_fault_exactly_once(
     await assert_pipeline_consistent(
         deployment.pool, deployment.env.rabbitmq_url, set(load.accepted.values()), start_stock
     )
+    # And the reconciliation audit finds the run's books balanced (tests/support/audit.py).
+    await assert_audit_clean(deployment.pool, deployment.env.settings())
 
 
 async def _now(value: bool) -> bool:
