@@ -166,6 +166,28 @@ async def test_a_clean_run_is_found_clean_and_stock_added_is_known(books: Books)
     code, as_json = await cli_audit(books)
     assert code == 0, as_json["findings"]
 
+    # What retention and privacy take away is no fault: the first order's events and their
+    # processed_events, aged past both retentions and purged; every customer forgotten.
+    await pool.execute(
+        """
+        WITH aged AS (
+            UPDATE event_outbox SET published_at = published_at - interval '40 days'
+            WHERE order_id = $1
+            RETURNING event_id
+        )
+        UPDATE processed_events SET processed_at = processed_at - interval '40 days'
+        WHERE event_id IN (SELECT event_id FROM aged)
+        """,
+        UUID(books.paid[0]),
+    )
+    purged = await acme_orders(books.env.environ(), "outbox", "purge")
+    assert purged.returncode == 0, purged.stderr
+    assert "deleted 3 SENT outbox rows (older than 7d), 3 processed_events" in purged.stdout
+    forgotten = await acme_orders(books.env.environ(), "forget", "C100")
+    assert forgotten.returncode == 0, forgotten.stderr
+    code, as_json = await cli_audit(books)
+    assert code == 0, as_json["findings"]
+
     # Within the grace, orders and events are left for a later audit: in flight, not faults.
     recent = await audit(pool, settings, grace=timedelta(hours=1))
     assert recent.clean
