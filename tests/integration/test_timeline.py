@@ -228,6 +228,7 @@ async def test_a_snapshot_holds_the_newest_orders_the_counts_the_backlog_and_the
         "paid": 0,
         "payment_failed": 0,
         "out_of_stock": 0,
+        "cancelled": 0,
     }
     assert snapshot["outbox"]["backlog"] == 3
     assert snapshot["outbox"]["oldest_seconds"] >= 0
