@@ -14,19 +14,12 @@ from uuid import UUID
 import pytest
 
 from acme_orders.core.orders import FINAL_STATUSES
+from tests.support.load import KIND_FOR_STATUS
 from tests.support.products import NewProduct, add_product, stock_of
 from tests.support.system import System, start_service
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-# The e-mail each final status calls for.
-NOTIFICATION_OF = {
-    "paid": "order_paid",
-    "payment_failed": "payment_failed",
-    "out_of_stock": "out_of_stock",
-    "cancelled": "order_cancelled",
-}
 
 
 @pytest.fixture
@@ -155,7 +148,7 @@ async def test_cancels_racing_the_pipeline_end_cancelled_uncharged_or_409_never_
             assert status in ("paid", "out_of_stock"), (order_id, status)
             assert body["status"] == status
             assert books["cancellations"][order_id] == 0
-        assert books["notifications"][order_id] == [NOTIFICATION_OF[status]], order_id
+        assert books["notifications"][order_id] == [KIND_FOR_STATUS[status]], order_id
     paid = [order_id for order_id, status in final.items() if status == "paid"]
     assert set(paid) == books["charged"]
     assert all(books["reservations"][order_id] == {"reserved"} for order_id in paid)

@@ -16,16 +16,12 @@ import httpx
 
 from acme_orders.core.events import EVENT_TYPE_BY_NAME
 from acme_orders.core.messaging import connect_once
+from acme_orders.core.orders import NOTIFICATION_KIND_FOR_STATUS
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QUEUES, consumers_of
 from tests.support.waiting import wait_until
 
-KIND_FOR_STATUS = {
-    "paid": "order_paid",
-    "payment_failed": "payment_failed",
-    "out_of_stock": "out_of_stock",
-    "cancelled": "order_cancelled",
-}
+KIND_FOR_STATUS = {status.value: kind for status, kind in NOTIFICATION_KIND_FOR_STATUS.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from uuid import uuid4
 
 import pytest
 
+from acme_orders.core import orders
 from acme_orders.ops import audit
 from acme_orders.ops.dead_letters import DeadLetter
 from acme_orders.ops.waiting import WaitStage, dead_letters_by_event, waiting_order
@@ -126,7 +127,7 @@ def test_one_notification_of_the_right_kind(
 
 
 def test_every_final_status_has_its_notification_kind() -> None:
-    assert audit.NOTIFICATION_KIND_FOR_STATUS == {
+    assert orders.NOTIFICATION_KIND_FOR_STATUS == {
         "paid": "order_paid",
         "payment_failed": "payment_failed",
         "out_of_stock": "out_of_stock",

@@ -34,6 +34,14 @@ FINAL_STATUSES = frozenset(
 )
 
 
+# The e-mail each final status calls for: notifications.kind, one per final order.
+NOTIFICATION_KIND_FOR_STATUS: dict[OrderStatus, str] = {
+    OrderStatus.PAID: "order_paid",
+    OrderStatus.PAYMENT_FAILED: "payment_failed",
+    OrderStatus.OUT_OF_STOCK: "out_of_stock",
+    OrderStatus.CANCELLED: "order_cancelled",
+}
+
 # Statuses an order can be cancelled from: it has not been charged, refused or told it is out of
 # stock yet.
 CANCELLABLE_STATUSES = frozenset({OrderStatus.PENDING, OrderStatus.RESERVED})

@@ -15,7 +15,12 @@ from acme_orders.core.events import (
     PaymentFailed,
 )
 from acme_orders.core.observability.logs import event_log_context
-from acme_orders.core.orders import CancelReason, lock_orders
+from acme_orders.core.orders import (
+    NOTIFICATION_KIND_FOR_STATUS,
+    CancelReason,
+    OrderStatus,
+    lock_orders,
+)
 from acme_orders.ops.privacy import mask_email
 
 logger = logging.getLogger(__name__)
@@ -45,7 +50,7 @@ def compose_email(event: OrderOutcome) -> Email:
     match event:
         case PaymentCompleted():
             return Email(
-                "order_paid",
+                NOTIFICATION_KIND_FOR_STATUS[OrderStatus.PAID],
                 "Order Paid",
                 event.email,
                 f"Your Acme order {order} is paid",
@@ -54,7 +59,7 @@ def compose_email(event: OrderOutcome) -> Email:
             )
         case PaymentFailed():
             return Email(
-                "payment_failed",
+                NOTIFICATION_KIND_FOR_STATUS[OrderStatus.PAYMENT_FAILED],
                 "Payment Failed",
                 event.email,
                 f"Payment for your Acme order {order} failed",
@@ -66,7 +71,7 @@ def compose_email(event: OrderOutcome) -> Email:
                 f"{s.sku} (wanted {s.requested}, {s.available} left)" for s in event.shortages
             )
             return Email(
-                "out_of_stock",
+                NOTIFICATION_KIND_FOR_STATUS[OrderStatus.OUT_OF_STOCK],
                 "Out of Stock",
                 event.email,
                 f"Your Acme order {order} could not be fulfilled",
@@ -75,7 +80,7 @@ def compose_email(event: OrderOutcome) -> Email:
         case OrderCancelled():
             why = CANCELLED_BECAUSE.get(event.reason, "it was cancelled")
             return Email(
-                "order_cancelled",
+                NOTIFICATION_KIND_FOR_STATUS[OrderStatus.CANCELLED],
                 "Order Cancelled",
                 event.email,
                 f"Your Acme order {order} is cancelled",

@@ -43,18 +43,9 @@ from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 from acme_orders.core import topology
 from acme_orders.core.events import EVENT_TYPES
 from acme_orders.core.messaging import connect_once
-from acme_orders.core.orders import FINAL_STATUSES, OrderStatus
+from acme_orders.core.orders import FINAL_STATUSES, NOTIFICATION_KIND_FOR_STATUS, OrderStatus
 from acme_orders.core.settings import Settings
 from acme_orders.ops import waiting
-
-# The notification each final status calls for (the kinds notification/email.py writes).
-NOTIFICATION_KIND_FOR_STATUS: dict[OrderStatus, str] = {
-    OrderStatus.PAID: "order_paid",
-    OrderStatus.PAYMENT_FAILED: "payment_failed",
-    OrderStatus.OUT_OF_STOCK: "out_of_stock",
-    OrderStatus.CANCELLED: "order_cancelled",
-}
-assert set(NOTIFICATION_KIND_FOR_STATUS) == FINAL_STATUSES
 
 DEFAULT_GRACE = timedelta(seconds=60)
 # Longer than an order takes through every retry of a step (RETRY_MAX_DELAY's doublings add up to
