@@ -128,7 +128,7 @@ def pgbench_script(skus: list[str]) -> str:
         return "\n".join(
             (
                 "BEGIN;",
-                bound(consumer.RECORD_PROCESSED, f"'{service}'", f"ARRAY[{ids[event]}]"),
+                bound(consumer.RECORD_PROCESSED, f"'{service}'", f"ARRAY[{ids[event]}]", "0"),
                 bound(orders.LOCK_ORDERS, f"ARRAY[{order}]"),
             )
         )

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator
@@ -96,6 +97,17 @@ async def test_the_timeline_of_a_paid_order_shows_each_step_in_causal_order(
         assert recorded >= previous_handled
         assert when(event["published_at"]) >= recorded
         assert handled > recorded
+        # Each hop's lag, per consuming service: taken after it was written, recorded after it
+        # was taken.
+        received = when(handling["received_at"])
+        assert recorded <= received <= handled
+        assert event["outbox_seconds"] == pytest.approx(
+            (when(event["published_at"]) - recorded).total_seconds(), abs=1e-6
+        )
+        assert handling["broker_seconds"] >= 0
+        assert handling["handling_seconds"] == pytest.approx(
+            (handled - received).total_seconds(), abs=1e-6
+        )
         previous_handled = handled
     # Where the emitter recorded the cause (correlation and causation ids), it is the event before.
     causes = [event["causation_id"] for event in events]
@@ -121,8 +133,12 @@ async def test_trace_prints_the_timeline_of_a_paid_order(
         "PaymentCompleted",
     ]
     assert [line.split()[0] for line in lines[2:7:2]] == ["inventory", "payment", "notification"]
-    assert all("published +" in line for line in lines[1:7:2])
+    assert all("published +" in line and "(outbox " in line for line in lines[1:7:2])
     assert all(" handled +" in line for line in lines[2:7:2])
+    # Per hop, for each consuming service: measured, not unknown.
+    assert all(
+        re.search(r"\(broker [\d,.]+ ms, handling [\d,.]+ ms\)", line) for line in lines[2:7:2]
+    ), lines
     assert lines[-1] == "3 events"
 
 

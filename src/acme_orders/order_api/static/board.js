@@ -4,8 +4,8 @@
 // written with textContent, never parsed as HTML.
 "use strict";
 
-const STATUSES = ["pending", "reserved", "paid", "payment_failed", "out_of_stock"];
-const FINAL = new Set(["paid", "payment_failed", "out_of_stock"]);
+const STATUSES = ["pending", "reserved", "paid", "payment_failed", "out_of_stock", "cancelled"];
+const FINAL = new Set(["paid", "payment_failed", "out_of_stock", "cancelled"]);
 const KEY_STORAGE = "acme-orders-board-key";
 const RETRY_MS = 2000;
 
