@@ -54,7 +54,9 @@ DEAD_LETTER_CALL_BUDGET = 30.0
 
 board_dead_letters = APIRouter(prefix="/board", tags=["board"], include_in_schema=False)
 
-_one_at_a_time = asyncio.Lock()
+# Held by whatever reads the DLQs in this process (these routes, and the board's look for stuck
+# orders): each holds the messages it reads, so another read meanwhile would miss them.
+dead_letter_reads = asyncio.Lock()
 
 
 class DeadLetterOut(BaseModel):
@@ -154,7 +156,7 @@ async def _broker(what: str) -> AsyncIterator[None]:
     the broker becomes an answer that says so."""
     try:
         async with asyncio.timeout(DEAD_LETTER_CALL_WAIT):
-            await _one_at_a_time.acquire()
+            await dead_letter_reads.acquire()
     except TimeoutError:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -175,7 +177,7 @@ async def _broker(what: str) -> AsyncIterator[None]:
             headers={"Retry-After": "5"},
         ) from exc
     finally:
-        _one_at_a_time.release()
+        dead_letter_reads.release()
 
 
 @board_dead_letters.get("/dead-letters")
@@ -213,7 +215,7 @@ async def replay_board_dead_letters(
     ids = None if wanted.message_ids is None else set(wanted.message_ids)
     if not wanted.dry_run and not ids:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             "a replay names the messages to move (message_ids, from a dry run)",
         )
     if wanted.dry_run:
