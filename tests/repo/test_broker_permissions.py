@@ -93,6 +93,8 @@ NEEDS: dict[str, Needs] = {
     "acme-board": Needs(
         write={DEFAULT_EXCHANGE}, read={spec.dead_letter_queue for spec in ALL_QUEUES}
     ),
+    # KEDA, on Kubernetes: queue depths only, with passive declares.
+    "acme-keda": Needs(),
 }
 
 # Every name a permission could be asked about: the system's, and some that are not (a new
@@ -165,6 +167,7 @@ def test_there_is_one_user_per_service_that_talks_to_rabbitmq_and_the_api_only_i
     assert "acme-api" not in users  # the API never publishes or consumes
     # Its board reads queue depths and the dead letters, and sends those back; nothing else.
     assert granted("acme-board") == granted("acme-operator")
+    assert granted("acme-keda") == Needs()  # the autoscaler looks at queue depths, nothing else
     for user in document["users"]:
         # No password in the file: each is set with rabbitmqctl change_password (README).
         assert user["password_hash"] == ""
