@@ -284,9 +284,15 @@ async def work_the_operators_board(page: Page, system: System, base: str, shot: 
     await page.goto(f"{base}/board")
     await page.wait_for_selector('#connection[data-state="live"]')
     plenty = await add_product(system.pool, stock=50)
-    for order in [await system.place_order([(plenty, 1)]) for _ in range(4)]:
-        await system.wait_for_final_status(order["id"])
-    # The chart draws complete buckets of CHART_STEP seconds, recomputed every few seconds.
+    # Three waves of orders, each once the one before is on the chart (which draws complete
+    # buckets of CHART_STEP seconds, recomputed every few seconds), so each has a bucket of its own.
+    for wave in range(1, 4):
+        for order in [await system.place_order([(plenty, wave)]) for _ in range(wave + 1)]:
+            await system.wait_for_final_status(order["id"])
+        await page.wait_for_function(
+            "n => Number(document.getElementById('throughput-chart').dataset.finishedBuckets) >= n",
+            arg=wave,
+        )
     await page.wait_for_function(
         "() => [...document.querySelectorAll('#throughput-chart path.finished')]"
         ".some(path => path.getAttribute('d').includes('L'))"

@@ -7,7 +7,7 @@ broker (published until the consumer took the batch that handled it: in the queu
 and waiting in the consumer's prefetch) and in the consumer (from taking the batch until its
 transaction recorded the event, processed_at: decoding, a linger, waiting for a connection,
 retries in place while the database is away). The handler's own statements and the commit follow
-within the same transaction (the consumers' acme_consumer_handler_seconds). `received_at` was
+within the same transaction (the consumers' acme_handler_seconds). `received_at` was
 added by db/011; rows recorded before it have none, and those hops are unknown.
 
 It reads what the pipeline already records: the order's rows in `event_outbox` (in id order, which

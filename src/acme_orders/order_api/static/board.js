@@ -211,6 +211,10 @@ function showChart(chart) {
     { className: "placed", value: (p) => p.placed_per_second },
     { className: "finished", value: (p) => p.finished_per_second },
   ], (v) => (v >= 10 ? v.toFixed(0) : v.toFixed(1)));
+  // How many buckets saw an order finish: what a test (or a curious operator) can wait on.
+  $("throughput-chart").dataset.finishedBuckets = String(
+    points.filter((p) => p.finished_per_second > 0).length,
+  );
   drawChart($("latency-chart"), points, [
     { className: "p50", value: (p) => p.p50_seconds, dots: true },
     { className: "p99", value: (p) => p.p99_seconds, dots: true },
