@@ -27,7 +27,9 @@ let deadLettersLoading = false;
 let pendingReplay = null;
 
 const $ = (id) => document.getElementById(id);
-const SVG_NS = "http://www.w3.org/2000/svg";
+// The SVG namespace, from the page's own <svg> elements (the HTML parser puts them there), so
+// that the script names no URL at all.
+const SVG_NS = document.querySelector("svg.chart").namespaceURI;
 
 function authHeaders() {
   return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
@@ -157,7 +159,9 @@ function drawChart(node, points, series, format) {
   const top_value = niceMax(Math.max(0, ...values));
   const x = (i) => left + (i * (width - left - right)) / Math.max(1, points.length - 1);
   const y = (v) => top + (height - top - bottom) * (1 - v / top_value);
-  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
+  const chart = node.querySelector("svg.chart");
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.replaceChildren();
   for (const fraction of [0, 0.5, 1]) {
     const value = top_value * fraction;
     chart.append(
@@ -201,7 +205,6 @@ function drawChart(node, points, series, format) {
       });
     }
   }
-  node.replaceChildren(chart);
   node.dataset.points = String(points.length);
 }
 
