@@ -143,7 +143,9 @@ async def board_stream(
     the key it was opened with is revoked (an `end` event then says so)."""
     feed: BoardFeed | None = getattr(request.app.state, "board_feed", None)
     if feed is None:
-        feed = request.app.state.board_feed = BoardFeed(pool, request.app.state.settings)
+        feed = request.app.state.board_feed = BoardFeed(
+            pool, request.app.state.settings, dead_letter_reads(request.app)
+        )
     settings: Settings = request.app.state.settings
     if not feed.streams.take():
         raise HTTPException(
@@ -239,9 +241,12 @@ class BoardFeed:
     """Makes a snapshot every INTERVAL seconds while anybody watches, and hands each watcher the
     latest one (a slow watcher skips snapshots rather than piling them up)."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, dead_letter_reads: asyncio.Lock
+    ) -> None:
         self._pool = pool
         self._settings = settings
+        self._dead_letter_reads = dead_letter_reads
         self._watchers: set[asyncio.Queue[bytes]] = set()
         self._task: asyncio.Task[None] | None = None
         self._latest: bytes | None = None
@@ -270,7 +275,7 @@ class BoardFeed:
                 self._latest = None
 
     async def _produce(self) -> None:
-        snapshots = Snapshots(self._pool, self._settings)
+        snapshots = Snapshots(self._pool, self._settings, self._dead_letter_reads)
         try:
             while True:
                 try:
@@ -388,9 +393,16 @@ def stuck_of(waiting: list[WaitingOrder], after: float, limit: int) -> dict[str,
 class Snapshots:
     """What the board shows, read from the database and from RabbitMQ."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        dead_letter_reads: asyncio.Lock | None = None,
+    ) -> None:
         self._pool = pool
         self._settings = settings
+        # Shared with the app's dead-letter routes (board_dead_letters.dead_letter_reads).
+        self._dead_letter_reads = dead_letter_reads or asyncio.Lock()
         self._broker = QueueGauge(settings)
         self._counts: dict[str, Any] | None = None
         self._counted_at = -COUNTS_INTERVAL
@@ -423,7 +435,7 @@ class Snapshots:
         try:
             # The dead-letter queues are read holding their messages: not while a dry run or a
             # replay of the board reads them, which would then miss some.
-            async with asyncio.timeout(BROKER_BUDGET), dead_letter_reads:
+            async with asyncio.timeout(BROKER_BUDGET), self._dead_letter_reads:
                 waiting = await where_orders_wait(
                     self._pool, self._settings, timedelta(seconds=after), STUCK_SHOWN
                 )

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Annotated
 
 from aio_pika.exceptions import AMQPError
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from acme_orders.core import topology
@@ -54,9 +54,15 @@ DEAD_LETTER_CALL_BUDGET = 30.0
 
 board_dead_letters = APIRouter(prefix="/board", tags=["board"], include_in_schema=False)
 
-# Held by whatever reads the DLQs in this process (these routes, and the board's look for stuck
-# orders): each holds the messages it reads, so another read meanwhile would miss them.
-dead_letter_reads = asyncio.Lock()
+
+def dead_letter_reads(app: FastAPI) -> asyncio.Lock:
+    """The lock held by whatever of the app reads the DLQs (these routes, and the board's look for
+    stuck orders): each holds the messages it reads, so another read meanwhile would miss them.
+    One per app, made on its event loop when first asked for."""
+    lock: asyncio.Lock | None = getattr(app.state, "dead_letter_reads", None)
+    if lock is None:
+        lock = app.state.dead_letter_reads = asyncio.Lock()
+    return lock
 
 
 class DeadLetterOut(BaseModel):
@@ -151,12 +157,12 @@ def _known_queue(queue: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _broker(what: str) -> AsyncIterator[None]:
+async def _broker(reads: asyncio.Lock, what: str) -> AsyncIterator[None]:
     """One dead-letter call at a time in this process, bounded in time; what goes wrong with
     the broker becomes an answer that says so."""
     try:
         async with asyncio.timeout(DEAD_LETTER_CALL_WAIT):
-            await dead_letter_reads.acquire()
+            await reads.acquire()
     except TimeoutError:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -177,7 +183,7 @@ async def _broker(what: str) -> AsyncIterator[None]:
             headers={"Retry-After": "5"},
         ) from exc
     finally:
-        dead_letter_reads.release()
+        reads.release()
 
 
 @board_dead_letters.get("/dead-letters")
@@ -185,7 +191,7 @@ async def list_board_dead_letters(request: Request, caller: DeadLetterAdmin) -> 
     """The first DEAD_LETTERS_SHOWN messages of each consumer queue's DLQ; nothing is removed."""
     settings: Settings = request.app.state.settings
     names = [spec.name for spec in topology.QUEUES]
-    async with _broker("list the dead letters"):
+    async with _broker(dead_letter_reads(request.app), "list the dead letters"):
         letters = await dead_letters.list_dead_letters(settings, names, limit=DEAD_LETTERS_SHOWN)
     by_queue: dict[str, list[DeadLetterOut]] = {name: [] for name in names}
     for letter in letters:
@@ -219,13 +225,13 @@ async def replay_board_dead_letters(
             "a replay names the messages to move (message_ids, from a dry run)",
         )
     if wanted.dry_run:
-        async with _broker(f"read {dlq}"):
+        async with _broker(dead_letter_reads(request.app), f"read {dlq}"):
             found = await dead_letters.list_dead_letters(
                 settings, [original], limit=DEAD_LETTERS_SHOWN
             )
         chosen = [letter for letter in found if ids is None or letter.message_id in ids]
     else:
-        async with _broker(f"replay from {dlq}"):
+        async with _broker(dead_letter_reads(request.app), f"replay from {dlq}"):
             chosen = await dead_letters.move_dead_letters(
                 settings, original, ids, limit=DEAD_LETTERS_SHOWN
             )
