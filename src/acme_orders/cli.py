@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace_parser.add_argument("order_id", type=UUID, help="the order's id")
     trace_parser.set_defaults(handler=lambda args: commands_.trace(args.order_id))
 
+    cancel_parser = commands.add_parser(
+        "cancel",
+        help="cancel an order that is not final yet (reason operator): its stock goes back and it "
+        "is never charged; exits 1 for an order that ended otherwise or does not exist",
+    )
+    cancel_parser.add_argument("order_id", type=UUID, help="the order's id")
+    cancel_parser.set_defaults(handler=lambda args: commands_.cancel(args.order_id))
+
     definitions = commands.add_parser(
         "broker-definitions",
         help="write RabbitMQ definitions with passwords for the broker to load at boot",

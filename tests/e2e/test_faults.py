@@ -4,6 +4,10 @@ Each test runs its own deployment (two publishers, two of each consumer, one API
 and database connections through proxies the test can cut), places a few hundred orders with
 Idempotency-Keys while it injects one fault, then checks every order against the invariants of
 tests/support/load.py: nothing lost, nothing done twice, stock and notifications as they should.
+
+Cancellations and expiries are mixed in: every fifth order is cancelled a moment after it was
+accepted (racing the pipeline, and the fault), and orders still not final ORDER_TIMEOUT (2.5 s)
+after they were placed, which a 3 s outage makes some of, are cancelled by the publishers.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 ORDERS = 300
 RATE = 100  # orders offered per second
 OUTAGE_SECONDS = 3.0
+ORDER_TIMEOUT = "2.5"
+CANCEL_EVERY = 5
 INSTANCES = {"publisher": 2, "inventory": 2, "payment": 2, "notification": 2}
 
 
@@ -73,6 +79,7 @@ async def deployment() -> AsyncIterator[Deployment]:
         API_PORT=str(port),
         PAYMENT_SUCCESS_RATE="0.7",
         OUTBOX_BATCH_SIZE="50",
+        ORDER_TIMEOUT=ORDER_TIMEOUT,
     )
     pool = await asyncpg.create_pool(env.database_url, min_size=1, max_size=4)
     assert pool is not None
@@ -136,7 +143,7 @@ async def test_every_order_survives_the_fault_exactly_once(
     deployment: Deployment, fault: Fault
 ) -> None:
     start_stock = {await add_product(deployment.pool, stock=60): 60 for _ in range(6)}
-    load = Load([deployment.client], list(start_stock))
+    load = Load([deployment.client], list(start_stock), cancel_every=CANCEL_EVERY)
 
     async def inject_at_a_third() -> None:
         await wait_until(
@@ -148,8 +155,25 @@ async def test_every_order_survives_the_fault_exactly_once(
 
     assert load.rejected == []
     await assert_pipeline_consistent(
-        deployment.pool, deployment.env.rabbitmq_url, set(load.accepted.values()), start_stock
+        deployment.pool,
+        deployment.env.rabbitmq_url,
+        set(load.accepted.values()),
+        start_stock,
+        load.cancels,
     )
+    reasons = {
+        r["reason"]: r["n"]
+        for r in await deployment.pool.fetch(
+            "SELECT payload->>'reason' AS reason, count(*) AS n FROM event_outbox "
+            "WHERE event_type = 'OrderCancelled' GROUP BY 1"
+        )
+    }
+    answered = [answer.code for answer in load.cancels.values()]
+    print(
+        f"\n{len(answered)} cancels: {answered.count(200)} answered 200, {answered.count(409)} "
+        f"409; cancelled orders by reason: {reasons or 'none'}"
+    )
+    assert len(answered) == ORDERS // CANCEL_EVERY
 
 
 async def _now(value: bool) -> bool:

@@ -429,6 +429,7 @@ async def test_health_documentation_and_schema_stay_open_and_show_the_scheme(
         "GET /orders",
         "GET /orders/{order_id}",
         "GET /orders/{order_id}/events",
+        "POST /orders/{order_id}/cancel",
         "GET /products",
         "GET /metrics",
     }

@@ -45,6 +45,7 @@ async def test_migrate_binds_each_queue_to_exactly_its_keys_and_unbinds_retired_
         "payment.completed",
         "payment.failed",
         "order.out_of_stock",
+        "order.cancelled",
     }
     for each in QUEUES:
         assert await binding_keys(fresh_env, each.name) == set(each.routing_keys), each.name

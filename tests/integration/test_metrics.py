@@ -62,7 +62,7 @@ async def test_outbox_backlog_counts_new_rows_and_ages_the_oldest(fresh_pool: as
 async def test_recent_orders_are_counted_by_status_within_the_window(
     fresh_pool: asyncpg.Pool,
 ) -> None:
-    for status in ("pending", "paid", "paid", "out_of_stock"):
+    for status in ("pending", "paid", "paid", "out_of_stock", "cancelled"):
         await add_order(fresh_pool, status)
     await add_order(fresh_pool, "paid", age=ORDERS_WINDOW + timedelta(minutes=1))
 
@@ -75,6 +75,7 @@ async def test_recent_orders_are_counted_by_status_within_the_window(
         OrderStatus.PAID: 2,
         OrderStatus.PAYMENT_FAILED: 0,
         OrderStatus.OUT_OF_STOCK: 1,
+        OrderStatus.CANCELLED: 1,
     }
 
 

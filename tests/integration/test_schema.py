@@ -72,6 +72,12 @@ async def _order_in(pool: asyncpg.Pool, status: str) -> object:
         ("payment_failed", "paid"),
         ("out_of_stock", "reserved"),
         ("pending", "paid"),
+        ("cancelled", "pending"),
+        ("cancelled", "reserved"),
+        ("cancelled", "paid"),
+        ("paid", "cancelled"),
+        ("payment_failed", "cancelled"),
+        ("out_of_stock", "cancelled"),
     ],
 )
 async def test_database_refuses_a_status_that_moves_backwards_or_leaves_a_final_one(
@@ -81,6 +87,15 @@ async def test_database_refuses_a_status_that_moves_backwards_or_leaves_a_final_
 
     with pytest.raises(asyncpg.CheckViolationError, match=f"cannot move from {start} to {to}"):
         await pool.execute("UPDATE orders SET status = $2 WHERE id = $1", order_id, to)
+
+
+@pytest.mark.parametrize("start", ["pending", "reserved"])
+async def test_an_order_that_is_not_final_can_be_cancelled(pool: asyncpg.Pool, start: str) -> None:
+    order_id = await _order_in(pool, start)
+
+    await pool.execute("UPDATE orders SET status = 'cancelled' WHERE id = $1", order_id)
+
+    assert await pool.fetchval("SELECT status FROM orders WHERE id = $1", order_id) == "cancelled"
 
 
 async def test_status_change_stamps_updated_at(pool: asyncpg.Pool) -> None:

@@ -8,32 +8,49 @@ import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
 import httpx
 
+from acme_orders.core.events import EVENT_TYPE_BY_NAME
 from acme_orders.core.messaging import connect_once
 from acme_orders.core.settings import Settings
-from acme_orders.core.topology import QUEUES
+from acme_orders.core.topology import QUEUES, consumers_of
 from tests.support.waiting import wait_until
 
 KIND_FOR_STATUS = {
     "paid": "order_paid",
     "payment_failed": "payment_failed",
     "out_of_stock": "out_of_stock",
+    "cancelled": "order_cancelled",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAnswer:
+    """What POST /orders/{id}/cancel answered at last: 200 (status cancelled) or 409 with the
+    status the order had ended with."""
+
+    code: int
+    status: str
 
 
 @dataclass
 class Load:
     """Orders offered at a steady rate, each retried with its Idempotency-Key until accepted,
-    spread over the API processes of `clients` in turn. `rejected` holds every answer but 201 and
-    503 (a 500 among them): a test expects none."""
+    spread over the API processes of `clients` in turn. With `cancel_every` N, every Nth order is
+    also cancelled a random moment (up to `cancel_within` seconds) after it was accepted, the
+    cancel retried as the order was until answered 200 or 409. `rejected` holds every answer but
+    201, 200, 409 and 503 (a 500 among them): a test expects none."""
 
     clients: list[httpx.AsyncClient]
     skus: list[str]
+    cancel_every: int = 0
+    cancel_within: float = 0.05
     accepted: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> order id
+    cancels: dict[str, CancelAnswer] = field(default_factory=dict)  # order id -> the answer
     rejected: list[str] = field(default_factory=list)
     unavailable: int = 0  # answers 503
     unreachable: int = 0  # no answer at all
@@ -41,7 +58,7 @@ class Load:
     async def run(self, orders: int, rate: float) -> None:
         shape = random.Random(7)
         tasks: list[asyncio.Task[None]] = []
-        for _ in range(orders):
+        for n in range(orders):
             lines = shape.sample(self.skus, shape.randint(1, 3))
             body = {
                 "customer_id": f"C{shape.randint(1, 50)}",
@@ -49,39 +66,77 @@ class Load:
                 "items": [{"sku": sku, "qty": shape.randint(1, 2)} for sku in lines],
             }
             client = self.clients[len(tasks) % len(self.clients)]
-            tasks.append(asyncio.create_task(self.place(client, str(uuid4()), body)))
+            cancel_after = (
+                shape.uniform(0, self.cancel_within)
+                if self.cancel_every and n % self.cancel_every == 0
+                else None
+            )
+            tasks.append(asyncio.create_task(self.place(client, str(uuid4()), body, cancel_after)))
             await asyncio.sleep(1 / rate)
         await asyncio.gather(*tasks)
 
-    async def place(self, client: httpx.AsyncClient, key: str, body: Mapping[str, object]) -> None:
+    async def place(
+        self,
+        client: httpx.AsyncClient,
+        key: str,
+        body: Mapping[str, object],
+        cancel_after: float | None = None,
+    ) -> None:
+        response = await self._until_answered(
+            client, "/orders", {201}, json=body, headers={"Idempotency-Key": key}
+        )
+        if response is None:
+            return
+        order_id = response.json()["id"]
+        self.accepted[key] = order_id
+        if cancel_after is not None:
+            await asyncio.sleep(cancel_after)
+            cancelled = await self._until_answered(client, f"/orders/{order_id}/cancel", {200, 409})
+            if cancelled is not None:
+                self.cancels[order_id] = CancelAnswer(
+                    cancelled.status_code, cancelled.json()["status"]
+                )
+
+    async def _until_answered(
+        self, client: httpx.AsyncClient, path: str, answers: set[int], **request: Any
+    ) -> httpx.Response | None:
+        """POST until one of `answers` comes back (None, and the answer noted in `rejected`, for
+        any other but 503; 503 and no answer at all are tried again, for up to 60 s): both
+        requests are safe to repeat."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 60
         while loop.time() < give_up:
             try:
-                response = await client.post("/orders", json=body, headers={"Idempotency-Key": key})
+                response = await client.post(path, **request)
             except httpx.TransportError:
-                self.unreachable += 1  # the API is down or restarting: again, with the same key
+                self.unreachable += 1  # the API is down or restarting: again, the same request
             else:
-                if response.status_code == 201:
-                    self.accepted[key] = response.json()["id"]
-                    return
+                if response.status_code in answers:
+                    return response
                 if response.status_code != 503:
-                    self.rejected.append(f"{response.status_code} {response.text}")
-                    return
+                    self.rejected.append(f"{path}: {response.status_code} {response.text}")
+                    return None
                 self.unavailable += 1
             await asyncio.sleep(0.1)
-        self.rejected.append(f"not accepted within 60s: {body}")
+        self.rejected.append(f"{path}: not answered within 60s: {request}")
+        return None
 
 
 async def assert_pipeline_consistent(
-    pool: asyncpg.Pool, rabbitmq_url: str, accepted: set[str], start_stock: dict[str, int]
+    pool: asyncpg.Pool,
+    rabbitmq_url: str,
+    accepted: set[str],
+    start_stock: dict[str, int],
+    cancels: Mapping[str, CancelAnswer] | None = None,
 ) -> None:
     """Every invariant of the pipeline, once every order of the run has settled:
 
     - every accepted order, and no other, is in the database, and reaches a final status;
     - each product's stock is its starting stock minus what the paid orders hold;
-    - stock reserved for an order whose payment failed is given back;
+    - stock reserved for an order whose payment failed, or that was cancelled, is given back;
     - every order has exactly one notification, of the kind its status calls for;
+    - a cancel answered 200 left its order cancelled and uncharged, one answered 409 left the
+      status it named; no cancelled order was charged;
     - each consumer handled each of its events once, and no message was dead-lettered.
     """
 
@@ -137,6 +192,37 @@ async def assert_pipeline_consistent(
         order_id: KIND_FOR_STATUS[status] for order_id, status in orders.items()
     }
 
+    for order_id, answer in (cancels or {}).items():
+        if answer.code == 200:
+            assert orders[order_id] == "cancelled", f"{order_id}: cancel answered 200"
+        else:
+            assert answer.status != "cancelled"
+            assert orders[order_id] == answer.status, f"{order_id}: cancel answered 409"
+    charged_cancelled = await pool.fetchval(
+        "SELECT count(*) FROM payments p JOIN orders o ON o.id = p.order_id "
+        "WHERE o.status = 'cancelled'"
+    )
+    assert charged_cancelled == 0, "a cancelled order was charged"
+
+    emitted = {
+        r["event_type"]: r["n"]
+        for r in await pool.fetch(
+            "SELECT event_type, count(*) AS n FROM event_outbox GROUP BY event_type"
+        )
+    }
+    statuses = list(orders.values())
+    released = await pool.fetchval(
+        "SELECT count(DISTINCT order_id) FROM stock_reservations WHERE status = 'released'"
+    )
+    expected_events = {
+        "OrderPlaced": len(orders),
+        "OrderOutOfStock": statuses.count("out_of_stock"),
+        "PaymentCompleted": statuses.count("paid"),
+        "PaymentFailed": statuses.count("payment_failed"),
+        "OrderCancelled": statuses.count("cancelled"),
+        "InventoryReleased": released,
+    }
+    assert {t: emitted.get(t, 0) for t in expected_events} == expected_events
     handled = {
         (r["service"], r["event_type"]): r["n"]
         for r in await pool.fetch(
@@ -147,17 +233,12 @@ async def assert_pipeline_consistent(
             """
         )
     }
-    statuses = list(orders.values())
-    charged = statuses.count("paid") + statuses.count("payment_failed")
-    expected = {
-        ("inventory", "OrderPlaced"): len(orders),
-        ("payment", "InventoryReserved"): charged,
-        ("inventory", "PaymentFailed"): statuses.count("payment_failed"),
-        ("notification", "PaymentCompleted"): statuses.count("paid"),
-        ("notification", "PaymentFailed"): statuses.count("payment_failed"),
-        ("notification", "OrderOutOfStock"): statuses.count("out_of_stock"),
+    # Every consumer of each event's routing key handled each event once.
+    assert handled == {
+        (service, event_type): n
+        for event_type, n in emitted.items()
+        for service in consumers_of(EVENT_TYPE_BY_NAME[event_type].routing_key)
     }
-    assert handled == {key: n for key, n in expected.items() if n}
 
     connection = await connect_once(Settings(rabbitmq_url=rabbitmq_url), "test")
     async with connection:

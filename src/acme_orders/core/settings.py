@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     payment_success_rate: float = Field(
         1.0, ge=0.0, le=1.0, description="Probability that a simulated charge succeeds."
     )
+    payment_gateway_latency_ms: int = Field(
+        0,
+        ge=0,
+        le=60_000,
+        description=(
+            "Milliseconds the simulated gateway takes to answer each charge, as a real one takes "
+            "a few hundred; 0: it answers at once."
+        ),
+    )
     payment_gateway: Literal["simulated"] = Field(
         "simulated",
         description=(
@@ -298,6 +307,15 @@ class Settings(BaseSettings):
         description=(
             "How long an Idempotency-Key of POST /orders is remembered; a retry after that places "
             "a new order."
+        ),
+    )
+    order_timeout: float = Field(
+        900.0,
+        ge=0,
+        description=(
+            "Seconds after which an order that is still not final (pending or reserved) is "
+            "cancelled by the publisher, with reason timed_out, and its stock given back; 0 "
+            "turns the expiry off."
         ),
     )
     housekeeping_interval: float = Field(

@@ -1,4 +1,4 @@
-"""The operator's commands of `acme-orders`: migrate, outbox, dlq, apikey, forget, trace,
+"""The operator's commands of `acme-orders`: migrate, outbox, dlq, apikey, forget, trace, cancel,
 broker-definitions, wait-for-schema. Each reads the settings, prints its results on stdout and
 its logs on stderr, and, when a server cannot be reached or refuses, prints one line on stderr and
 returns 1 (`operate`). cli.py parses their arguments and calls them."""
@@ -21,6 +21,8 @@ import asyncpg
 from aio_pika.exceptions import AMQPError
 
 from acme_orders.core import database, messaging, topology
+from acme_orders.core.cancellation import cancel_orders
+from acme_orders.core.orders import CANCELLABLE_STATUSES, CancelReason, OrderStatus
 from acme_orders.core.runtime import configure_logging
 from acme_orders.core.settings import Settings, get_settings
 from acme_orders.ops import (
@@ -276,6 +278,34 @@ def trace(order_id: UUID) -> int:
         print(f"acme-orders trace: no order {order_id}", file=sys.stderr)
         return 1
     print(timeline.render_timeline(found))
+    return 0
+
+
+def cancel(order_id: UUID) -> int:
+    before: OrderStatus | None = None
+
+    async def work(settings: Settings) -> None:
+        nonlocal before
+        async with database_pool(settings) as pool, pool.acquire() as conn, conn.transaction():
+            statuses = await cancel_orders(conn, [order_id], CancelReason.OPERATOR)
+        before = statuses.get(order_id)
+
+    code = operate("cancel", "PostgreSQL", work)
+    if code:
+        return code
+    if before is None:
+        print(f"acme-orders cancel: no order {order_id}", file=sys.stderr)
+        return 1
+    if before is OrderStatus.CANCELLED:
+        print(f"order {order_id} was already cancelled; nothing changed")
+    elif before in CANCELLABLE_STATUSES:
+        print(f"order {order_id} cancelled (it was {before.value}); its stock goes back")
+    else:
+        print(
+            f"acme-orders cancel: order {order_id} is already {before.value}; not cancelled",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

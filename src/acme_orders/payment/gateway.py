@@ -11,6 +11,7 @@ made instead of making another.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from dataclasses import dataclass
@@ -92,10 +93,14 @@ class SimulatedGateway:
 
     name = "simulated"
 
-    def __init__(self, success_rate: float) -> None:
+    def __init__(self, success_rate: float, latency: float = 0.0) -> None:
         self.success_rate = success_rate
+        # Seconds each charge takes, as a real gateway's round trip would.
+        self.latency = latency
 
     async def charge(self, charge: Charge) -> ChargeResult:
+        if self.latency:
+            await asyncio.sleep(self.latency)
         # Seeded with the key (a str seeds from its SHA-512, not from hash()), so the draw is the
         # same in every process.
         approved = random.Random(charge.idempotency_key).random() < self.success_rate

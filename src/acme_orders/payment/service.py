@@ -19,7 +19,9 @@ def gateway_from_settings(settings: Settings) -> PaymentGateway:
     """The gateway PAYMENT_GATEWAY names (see the README: plugging in a real payment gateway)."""
     match settings.payment_gateway:
         case "simulated":
-            return SimulatedGateway(settings.payment_success_rate)
+            return SimulatedGateway(
+                settings.payment_success_rate, settings.payment_gateway_latency_ms / 1000
+            )
 
 
 def consumers(settings: Settings, gateway: PaymentGateway | None = None) -> list[Consumer]:

@@ -1,6 +1,6 @@
 """The publisher process: relays the outbox until stopped, woken by NOTIFY, purges old rows
-every HOUSEKEEPING_INTERVAL, and samples the metrics that need a query (outbox backlog, orders by
-status)."""
+every HOUSEKEEPING_INTERVAL, cancels the orders not final ORDER_TIMEOUT after they were placed
+(expiry.py), and samples the metrics that need a query (outbox backlog, orders by status)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -17,7 +18,10 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from acme_orders.core import topology
 from acme_orders.core.database import is_transient
 from acme_orders.core.messaging import declare_exchange
+from acme_orders.core.observability.logs import log_context
 from acme_orders.core.observability.metrics import (
+    EVENTS_EMITTED,
+    ORDERS_EXPIRED,
     ORDERS_SAMPLE_INTERVAL,
     ORDERS_WINDOW,
     OUTBOX_SAMPLE_INTERVAL,
@@ -30,6 +34,7 @@ from acme_orders.core.outbox import backlog
 from acme_orders.core.runtime import CLOSE_TIMEOUT, open_connections, wait_any, wait_or_stop
 from acme_orders.core.settings import Settings
 from acme_orders.ops.housekeeping import purge_all
+from acme_orders.publisher.expiry import expire_due_orders, pass_interval
 from acme_orders.publisher.relay import (
     OutboxUnavailableError,
     listen_for_outbox,
@@ -51,11 +56,13 @@ FAULT_PAUSE = 10.0
 # The first purge waits this long (or HOUSEKEEPING_INTERVAL, if shorter), so that a publisher
 # starting with a backlog relays it first.
 FIRST_HOUSEKEEPING_DELAY = 5.0
+# Orders one expiry pass looks at, in one transaction; a full pass is followed by the next at once.
+EXPIRY_BATCH_SIZE = 500
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     export_publisher_metrics()
-    async with open_connections(settings, stop, SERVICE, pool_size=2) as connections:
+    async with open_connections(settings, stop, SERVICE, pool_size=3) as connections:
         if connections is None:
             return
         publishing = await open_exchange(connections.broker)
@@ -64,15 +71,17 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             housekeep_until_stopped(settings, connections.pool, stop)
         )
         gauges = asyncio.create_task(sample_gauges_until_stopped(connections.pool, stop))
+        expiry = asyncio.create_task(expire_until_stopped(settings, connections.pool, stop))
         try:
             await relay_until_stopped(
                 settings, connections.pool, connections.broker, stop, publishing
             )
         finally:
-            # A purge cut short is a rolled-back batch; the next run does it again.
-            housekeeping.cancel()
-            gauges.cancel()
-            await asyncio.gather(housekeeping, gauges, return_exceptions=True)
+            # A purge or an expiry pass cut short is a rolled-back batch; the next run does it
+            # again.
+            for task in (housekeeping, gauges, expiry):
+                task.cancel()
+            await asyncio.gather(housekeeping, gauges, expiry, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +225,35 @@ async def housekeep_until_stopped(
                 "housekeeping failed (%r); next attempt in %.0fs",
                 exc,
                 settings.housekeeping_interval,
+            )
+
+
+async def expire_until_stopped(settings: Settings, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    """Cancel the orders that fell due, a pass every expiry.pass_interval, until stopped; nothing
+    with ORDER_TIMEOUT 0. A failed pass is logged and tried again at the next interval; it must
+    never take the relay down with it."""
+    if settings.order_timeout == 0:
+        return
+    timeout = timedelta(seconds=settings.order_timeout)
+    interval = pass_interval(settings.order_timeout)
+    emitted = EVENTS_EMITTED.labels(SERVICE, "OrderCancelled")
+    while not await wait_or_stop(stop, interval):
+        try:
+            while (run := await expire_due_orders(pool, timeout, EXPIRY_BATCH_SIZE)) is not None:
+                for order_id in run.expired:
+                    with log_context(order_id=order_id):
+                        logger.info(
+                            "order %s cancelled: not final %gs after it was placed",
+                            order_id,
+                            settings.order_timeout,
+                        )
+                ORDERS_EXPIRED.inc(len(run.expired))
+                emitted.inc(len(run.expired))
+                if run.due < EXPIRY_BATCH_SIZE:
+                    break
+        except Exception as exc:
+            logger.warning(
+                "expiring overdue orders failed (%r); next attempt in %.1fs", exc, interval
             )
 
 

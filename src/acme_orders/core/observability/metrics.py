@@ -130,6 +130,12 @@ ORDERS = Gauge(
     ["status"],
     registry=None,
 )
+ORDERS_EXPIRED = Counter(
+    "acme_orders_expired",
+    "Orders the publisher cancelled because they were not final ORDER_TIMEOUT seconds after they "
+    "were placed (each is also an OrderCancelled with reason timed_out).",
+    registry=None,
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "acme_http_request_seconds",
     "Seconds the API took to answer a request, by method, route template ('unmatched' for no "
@@ -146,6 +152,7 @@ PUBLISHER_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     OUTBOX_BACKLOG,
     OUTBOX_OLDEST_NEW_AGE,
     ORDERS,
+    ORDERS_EXPIRED,
 )
 _publisher_metrics_exported = False
 
@@ -171,6 +178,7 @@ ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     OUTBOX_BACKLOG,
     OUTBOX_OLDEST_NEW_AGE,
     ORDERS,
+    ORDERS_EXPIRED,
     HTTP_REQUEST_SECONDS,
 )
 
