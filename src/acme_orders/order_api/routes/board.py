@@ -80,6 +80,11 @@ CHART_INTERVAL = 5.0
 # Stuck orders shown (the oldest first), and how often they are looked for.
 STUCK_SHOWN = 20
 STUCK_INTERVAL = 5.0
+# The look for stuck orders runs beside the snapshots, as it may read the dead-letter queues over a
+# connection of its own: a snapshot waits for it at most STUCK_WAIT (then shows the last ones
+# found), the look itself may take up to STUCK_BUDGET.
+STUCK_WAIT = 1.0
+STUCK_BUDGET = 15.0
 # Seconds before trying RabbitMQ again after it could not be reached or refused us, and the
 # most one reading of the queues may take.
 BROKER_RETRY = 10.0
@@ -410,6 +415,7 @@ class Snapshots:
         self._charted_at = -CHART_INTERVAL
         self._stuck: dict[str, Any] | None = None
         self._stuck_at = -STUCK_INTERVAL
+        self._stuck_look: asyncio.Task[None] | None = None
 
     async def take(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = {"interval": INTERVAL}
@@ -422,11 +428,17 @@ class Snapshots:
         queues, problem = await self._broker.read()
         snapshot["queues"] = queues
         snapshot["broker"] = problem
-        if time.monotonic() - self._stuck_at >= STUCK_INTERVAL:
-            self._stuck = await self._find_stuck()
+        looking = self._stuck_look is not None and not self._stuck_look.done()
+        if not looking and time.monotonic() - self._stuck_at >= STUCK_INTERVAL:
             self._stuck_at = time.monotonic()
+            self._stuck_look = asyncio.create_task(self._look_for_stuck(), name="board stuck")
+        if self._stuck_look is not None and not self._stuck_look.done():
+            await asyncio.wait({self._stuck_look}, timeout=STUCK_WAIT)
         snapshot["stuck"] = self._stuck
         return snapshot
+
+    async def _look_for_stuck(self) -> None:
+        self._stuck = await self._find_stuck()
 
     async def _find_stuck(self) -> dict[str, Any] | None:
         """The orders not final BOARD_STUCK_AFTER after they were placed, with where they wait;
@@ -435,7 +447,7 @@ class Snapshots:
         try:
             # The dead-letter queues are read holding their messages: not while a dry run or a
             # replay of the board reads them, which would then miss some.
-            async with asyncio.timeout(BROKER_BUDGET), self._dead_letter_reads:
+            async with asyncio.timeout(STUCK_BUDGET), self._dead_letter_reads:
                 waiting = await where_orders_wait(
                     self._pool, self._settings, timedelta(seconds=after), STUCK_SHOWN
                 )
@@ -523,6 +535,9 @@ class Snapshots:
         }
 
     async def close(self) -> None:
+        if self._stuck_look is not None:
+            self._stuck_look.cancel()
+            await asyncio.gather(self._stuck_look, return_exceptions=True)
         await self._broker.close()
 
 

@@ -48,8 +48,9 @@ DEAD_LETTERS_SHOWN = 100
 # Per API key (per address with AUTH_DISABLED): listings, dry runs and replays together.
 DEAD_LETTER_CALLS_PER_SECOND = 1.0
 DEAD_LETTER_CALLS_BURST = 10
-# Seconds a call waits for the one before it in this process, and the most one may take.
-DEAD_LETTER_CALL_WAIT = 10.0
+# Seconds a call waits for the one before it in this process (longer than the board's look for
+# stuck orders may hold the dead letters: board.STUCK_BUDGET), and the most one may take.
+DEAD_LETTER_CALL_WAIT = 20.0
 DEAD_LETTER_CALL_BUDGET = 30.0
 
 board_dead_letters = APIRouter(prefix="/board", tags=["board"], include_in_schema=False)
