@@ -1,6 +1,7 @@
 # Sourced by run.sh and test.sh, with what the caller is for: `source bootstrap.sh run` or `test`.
 # PostgreSQL and RabbitMQ (brought up when they do not answer: servers.sh); a virtualenv in .venv
-# with the package and its pinned dependencies, reinstalled only when pyproject.toml changed; the
+# with the package and its pinned dependencies (the benchmark with its extra `chart`, matplotlib,
+# for the chart of `bench --sweep`), reinstalled only when pyproject.toml changed; the
 # programs `acme-orders bench` (and its test) runs: wrk, and pgbench for the database ceiling; and
 # the Chromium the browser tests of the live board and /docs drive (Debian's, through Playwright:
 # no browser download). What a bare Debian or Ubuntu lacks is installed with apt-get when run as
@@ -54,7 +55,7 @@ fi
 if [ ! -f "$stamp" ]; then
     echo "==> installing acme-orders, its benchmark (./bench) and their dependencies into .venv"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e ./bench
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" -e "./bench[chart]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

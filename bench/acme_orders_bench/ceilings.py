@@ -77,124 +77,140 @@ def bound(statement: str, *values: str) -> str:
     return replaced.strip() + ";"
 
 
-def _uuid(variable: str) -> str:
-    """A UUID from two of pgbench's random numbers (pgbench has no uuid variables), the same
-    wherever the statement names it: `:<variable>_hi`, `:<variable>_lo`. CAST: pgbench passes its
+def _order_uuid(kind: str, order: str) -> str:
+    """The UUID of one of the batch's orders (or of one of its events: `kind`), `order` being a
+    SQL expression of its number in the batch, 1 to B: from pgbench's random :seed, the same
+    wherever a statement names it (pgbench has no uuid variables). CAST: pgbench passes its
     variables as parameters of unknown type (--protocol=prepared)."""
+    return f"CAST(md5(CAST(:seed AS text) || '-{kind}-' || ({order})) AS uuid)"
+
+
+def _per_order(expression: str, batch: int, per_line: str | None = None) -> str:
+    """An array of `expression` (of k, the order's number in the batch) for each order of the
+    batch, in order; with `per_line` (the number of lines), once per line j of each order."""
+    if per_line is None:
+        return f"ARRAY(SELECT {expression} FROM generate_series(1, {batch}) AS k ORDER BY k)"
     return (
-        f"CAST(lpad(to_hex(CAST(:{variable}_hi AS bigint)), 16, '0')"
-        f" || lpad(to_hex(CAST(:{variable}_lo AS bigint)), 16, '0') AS uuid)"
+        f"ARRAY(SELECT {expression} FROM generate_series(1, {batch}) AS k, "
+        f"generate_series(1, {per_line}) AS j ORDER BY k, j)"
     )
 
 
-def pgbench_script(skus: list[str]) -> str:
-    """One pgbench transaction = one order through the pipeline, statement for statement: the
-    services' own statements (order_api.store.PLACE_ORDER, core.consumer.RECORD_PROCESSED,
-    core.orders, inventory.stock, payment.charge, notification.email, core.outbox), with their
-    parameters bound to pgbench expressions, each service's committed on its own as the services
-    do with batches of one event, then the events claimed and marked SENT as the publisher does.
-    No messaging, no Python: only the database's cost.
+def pgbench_script(skus: list[str], batch: int = 1, claim_limit: int = 500) -> str:
+    """One pgbench transaction = a batch of `batch` orders through the pipeline, statement for
+    statement: the services' own statements (order_api.store.PLACE_ORDER,
+    core.consumer.RECORD_PROCESSED, core.orders, inventory.stock, payment.charge,
+    notification.email, core.outbox) with their parameters bound to pgbench expressions. The API
+    places each order with a statement (and commit) of its own; each consumer handles the batch's
+    events in one transaction, as a consumer handles what it received up to PREFETCH_COUNT; then
+    the publisher claims up to `claim_limit` (OUTBOX_BATCH_SIZE) NEW rows and marks them SENT. No
+    messaging, no Python: only the database's cost. `batch` 1 is the pipeline at low rates, where
+    every batch holds one event; PREFETCH_COUNT is the pipeline flat out.
 
-    An order takes 1 to 3 consecutive SKUs of the sorted catalogue (a slice of an array, since
-    pgbench variables are numbers), all with the same qty of 1 to 3."""
+    The orders of a batch take the same 1 to 3 consecutive SKUs of the sorted catalogue (a slice
+    of an array, since pgbench variables are numbers), all with the same qty of 1 to 3."""
+    if batch < 1:
+        raise ValueError("a batch holds at least one order")
     catalogue = sorted(skus)
     n = len(catalogue)
     quoted = ", ".join("'" + sku.replace("'", "''") + "'" for sku in catalogue)
     # A space after each ":" of the slice: pgbench would read ":CAST" as a variable.
     lines = f"(ARRAY[{quoted}]::text[])[CAST(:lo AS int) : CAST(:hi AS int)]"
-    line_count = "CAST(:hi AS int) - CAST(:lo AS int) + 1"
+    line_count = "(CAST(:hi AS int) - CAST(:lo AS int) + 1)"
     qtys = f"array_fill(CAST(:qty AS int), ARRAY[{line_count}])"
     placed, reserved, paid = _sample_events()
-    order, email = _uuid("order"), "'b' || :cust || '@example.com'"
+    email = "'b' || :cust || '@example.com'"
+    orders_of_batch = _per_order(_order_uuid("order", "k"), batch)
     ids: dict[Event, str] = {
-        placed: _uuid("placed"),
-        reserved: _uuid("reserved"),
-        paid: _uuid("paid"),
+        event: _per_order(_order_uuid(kind, "k"), batch)
+        for event, kind in ((placed, "placed"), (reserved, "reserved"), (paid, "paid"))
     }
+
+    def each(value: str) -> str:
+        """The same value for every order of the batch."""
+        return f"array_fill({value}, ARRAY[{batch}])"
 
     def emit(event: Event) -> str:
         return bound(
             outbox.INSERT_EVENTS,
-            f"ARRAY[{ids[event]}]",
-            f"ARRAY['{event.event_type}']",
-            f"ARRAY['{event.routing_key}']",
-            f"ARRAY[{order}]",
-            f"ARRAY[{_payload(event)}]",
-            "ARRAY[NULL::jsonb]",
+            ids[event],
+            each(f"CAST('{event.event_type}' AS text)"),
+            each(f"CAST('{event.routing_key}' AS text)"),
+            orders_of_batch,
+            each(_payload(event)),
+            each("NULL::jsonb"),
         )
 
     def handling(service: str, event: Event) -> str:
-        """The start of a consumer's transaction: its guard, then the order's row lock."""
+        """The start of a consumer's transaction: its guard, then the orders' row locks."""
         return "\n".join(
             (
                 "BEGIN;",
-                bound(consumer.RECORD_PROCESSED, f"'{service}'", f"ARRAY[{ids[event]}]", "0"),
-                bound(orders.LOCK_ORDERS, f"ARRAY[{order}]"),
+                bound(consumer.RECORD_PROCESSED, f"'{service}'", ids[event], "0"),
+                bound(orders.LOCK_ORDERS, orders_of_batch),
             )
         )
 
-    randoms = "\n".join(
-        f"\\set {name}_{half} random(1, 9223372036854775806)"
-        for name in ("order", "placed", "reserved", "paid")
-        for half in ("hi", "lo")
-    )
-    place_order = bound(
-        store.PLACE_ORDER,
-        order,
-        "'B' || :cust",
-        email,
-        "117.90",
-        lines,
-        qtys,
-        f"(SELECT array_agg(price ORDER BY sku) FROM products WHERE sku = ANY({lines}))",
-        ids[placed],
-        f"'{placed.event_type}'",
-        f"'{placed.routing_key}'",
-        _payload(placed),
-        "NULL::text",
-        "NULL::text",
-        "NULL::bigint",
-        "NULL::jsonb",
+    place_orders = "\n".join(
+        bound(
+            store.PLACE_ORDER,
+            _order_uuid("order", str(k)),
+            "'B' || :cust",
+            email,
+            "117.90",
+            lines,
+            qtys,
+            f"(SELECT array_agg(price ORDER BY sku) FROM products WHERE sku = ANY({lines}))",
+            _order_uuid("placed", str(k)),
+            f"'{placed.event_type}'",
+            f"'{placed.routing_key}'",
+            _payload(placed),
+            "NULL::text",
+            "NULL::text",
+            "NULL::bigint",
+            "NULL::jsonb",
+        )
+        for k in range(1, batch + 1)
     )
     record_reservations = bound(
         stock.RECORD_RESERVATIONS,
         lines,
-        qtys,
-        f"array_fill({order}, ARRAY[{line_count}])",
-        lines,
-        qtys,
-        f"ARRAY[{order}]",
-        "ARRAY['reserved']",
+        f"array_fill(CAST(:qty AS int) * {batch}, ARRAY[{line_count}])",
+        _per_order(_order_uuid("order", "k"), batch, line_count),
+        _per_order(f"({lines})[j]", batch, line_count),
+        _per_order("CAST(:qty AS int)", batch, line_count),
+        orders_of_batch,
+        each("CAST('reserved' AS text)"),
     )
-    set_paid = bound(orders.SET_STATUSES, f"ARRAY[{order}]", "ARRAY['paid']")
+    set_paid = bound(orders.SET_STATUSES, orders_of_batch, each("CAST('paid' AS text)"))
     record_payment = bound(
         charge.RECORD_PAYMENTS,
-        f"ARRAY[{order}]",
-        f"ARRAY['order-' || {order} || '-charge']",
+        orders_of_batch,
+        _per_order(f"'order-' || {_order_uuid('order', 'k')} || '-charge'", batch),
         "'simulated'",
-        f"ARRAY['sim_' || {ids[paid]}]",
-        "ARRAY['completed']",
-        "ARRAY[117.90]",
-        f"ARRAY[{ids[paid]}]",
-        "ARRAY[NULL::text]",
+        _per_order(f"'sim_' || {_order_uuid('paid', 'k')}", batch),
+        each("CAST('completed' AS text)"),
+        each("117.90::numeric"),
+        ids[paid],
+        each("NULL::text"),
     )
     notify = bound(
         email_module.RECORD_NOTIFICATIONS,
-        f"ARRAY[{order}]",
-        "ARRAY['order_paid']",
-        f"ARRAY[{email}]",
-        "ARRAY['Your Acme order ' || :order_hi || ' is paid']",
-        "ARRAY['We received your payment of 117.90. We are packing it now.']",
+        orders_of_batch,
+        each("CAST('order_paid' AS text)"),
+        each(f"CAST({email} AS text)"),
+        _per_order(f"'Your Acme order ' || {_order_uuid('order', 'k')} || ' is paid'", batch),
+        each("CAST('We received your payment of 117.90. We are packing it now.' AS text)"),
     )
     return f"""\
 \\set lo random(1, {n})
 \\set hi least(:lo + random(0, 2), {n})
 \\set qty random(1, 3)
 \\set cust random(1, 100000)
-{randoms}
--- API: the order, its lines at current prices, OrderPlaced, in one statement
-{place_order}
--- inventory: reserve every line, InventoryReserved
+\\set seed random(1, 9223372036854775806)
+-- API: each order, its lines at current prices, its OrderPlaced, in one statement and commit
+{place_orders}
+-- inventory: reserve every line of the batch's orders, their InventoryReserved
 {handling("inventory", placed)}
 {bound(stock.LOCK_PRODUCTS, lines)}
 {record_reservations}
@@ -206,20 +222,23 @@ END;
 {record_payment}
 {emit(paid)}
 END;
--- notification: the e-mail
+-- notification: the e-mails
 {handling("notification", paid)}
 {notify}
 END;
--- publisher: claim NEW rows (SKIP LOCKED, oldest first) and mark them SENT; with every client
--- doing this once per order, a claim holds about the 3 rows of one order
+-- publisher: claim NEW rows (SKIP LOCKED, oldest first) and mark them SENT, up to
+-- OUTBOX_BATCH_SIZE at a time as the publisher does
 BEGIN;
-{bound(outbox.CLAIM_FOR_PUBLISHING, "500")}
+{bound(outbox.CLAIM_FOR_PUBLISHING, str(claim_limit))}
 END;
 """
 
 
-async def database_ceiling(database_url: str, skus: list[str], seconds: int) -> dict[str, Any]:
-    """pgbench running pgbench_script: orders/s the database sustains with no messaging."""
+async def database_ceiling(
+    database_url: str, skus: list[str], seconds: int, batch: int = 1, claim_limit: int = 500
+) -> dict[str, Any]:
+    """pgbench running pgbench_script: orders/s the database sustains with no messaging, in
+    batches of `batch` orders (a pgbench transaction is a batch)."""
     pgbench = shutil.which("pgbench")
     if pgbench is None:
         raise CeilingError(
@@ -227,7 +246,7 @@ async def database_ceiling(database_url: str, skus: list[str], seconds: int) -> 
         )
     with tempfile.TemporaryDirectory(prefix="acme-bench-") as folder:
         script = Path(folder) / "order.sql"
-        script.write_text(pgbench_script(skus), encoding="utf-8")
+        script.write_text(pgbench_script(skus, batch, claim_limit), encoding="utf-8")
         command = [
             pgbench,
             "--no-vacuum",
@@ -253,10 +272,12 @@ async def database_ceiling(database_url: str, skus: list[str], seconds: int) -> 
             f"{stderr.decode(errors='replace')}"
         )
     return {
-        "orders_per_second": round(float(tps.group(1)), 1),
-        "orders": int(done.group(1)),
-        "failed": int(failed.group(1)) if failed else 0,
-        "latency_ms_per_order": float(latency.group(1)) if latency else None,
+        "orders_per_second": round(float(tps.group(1)) * batch, 1),
+        "orders": int(done.group(1)) * batch,
+        "batch": batch,
+        "outbox_claim_limit": claim_limit,
+        "failed_batches": int(failed.group(1)) if failed else 0,
+        "latency_ms_per_batch": float(latency.group(1)) if latency else None,
         "clients": PGBENCH_CLIENTS,
         "threads": PGBENCH_THREADS,
         "seconds": seconds,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from acme_orders.core.runtime import configure_logging
 from acme_orders.core.settings import get_settings
-from acme_orders_bench import runner
+from acme_orders_bench import runner, sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each ceiling is measured (default: 5)",
     )
     bench.add_argument(
+        "--ceiling-batch",
+        type=int,
+        metavar="N",
+        help="orders per batch of the database ceiling: each consumer's transaction handles N "
+        "orders' events, as a consumer handles what it received up to its prefetch (default: "
+        "PREFETCH_COUNT, the batches of the pipeline flat out; 1 models low rates)",
+    )
+    bench.add_argument(
         "--drain",
         type=int,
         metavar="N",
@@ -118,7 +126,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="how to run rabbitmqctl, which creates and drops the bench's vhost, where RabbitMQ "
         "runs, e.g. 'docker exec eda-rabbitmq rabbitmqctl' (default: rabbitmqctl)",
     )
+    bench.add_argument(
+        "--sweep",
+        type=_sweep_rates,
+        metavar="R1,R2,...[,flat]",
+        help="the latency curve: one run after the other at each offered rate (orders/s, "
+        "rising; 'flat' last for flat out) against the same system, each with its --warmup and "
+        "--duration; prints a table of them and writes a PNG chart beside the JSON (with the "
+        "bench's extra 'chart': pip install './bench[chart]'), e.g. --sweep 100,250,500,750,flat",
+    )
+    bench.add_argument(
+        "--history",
+        type=int,
+        metavar="N",
+        help="before the services start, prefill the bench's fresh database with N finished "
+        "orders and the rows they leave within the retention settings (set-based, a few "
+        "minutes per million orders on two cores), then run the load; compare with the same "
+        "run without it",
+    )
+    bench.add_argument(
+        "--history-days",
+        type=float,
+        default=30.0,
+        metavar="D",
+        help="the days the history's orders are spread over, evenly (default: 30)",
+    )
+    bench.add_argument(
+        "--purge",
+        action="store_true",
+        help="run housekeeping's purge (acme-orders outbox purge) from the middle of the measured "
+        "window; reports how long it took, what it deleted, and the latency of the orders placed "
+        "while it ran beside the others'. Most telling with --history",
+    )
+    bench.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress lines on stderr while the load runs (there are none when stderr is "
+        "not a terminal)",
+    )
     return bench
+
+
+def _sweep_rates(text: str) -> tuple[float | None, ...]:
+    try:
+        return sweep.parse_rates(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("bench", get_settings().log_level, get_settings().log_format)
     # The bench prints its own steps; creating the scratch database and queues is not news.
-    for chatty in ("acme_orders.core.database", "acme_orders.core.messaging"):
+    for chatty in ("acme_orders.core.database", "acme_orders.core.messaging", "matplotlib"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return runner.run(
         runner.BenchOptions(
@@ -144,5 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             drain=args.drain,
             rabbitmqctl=tuple(args.rabbitmqctl),
             instances=args.instances,
+            sweep=args.sweep,
+            history=args.history,
+            history_days=args.history_days,
+            purge=args.purge,
+            quiet=args.quiet,
+            ceiling_batch=args.ceiling_batch,
         )
     )

@@ -27,7 +27,7 @@ from acme_orders.core.messaging import declare_topology
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import QueueSpec
 from acme_orders.publisher.service import SERVICE
-from acme_orders_bench import measure, system
+from acme_orders_bench import measure, progress, system
 
 # Bound to a routing key no service publishes or consumes: what lands there is the backlog only.
 QUEUE = QueueSpec("bench.drain", ("bench.drain",))
@@ -101,7 +101,11 @@ async def new_rows(pool: asyncpg.Pool) -> int:
 
 
 async def measure_drain(
-    events: int, scratch: system.Scratch, log_dir: Path, say: Callable[[str], None]
+    events: int,
+    scratch: system.Scratch,
+    log_dir: Path,
+    say: Callable[[str], None],
+    reporter: progress.Reporter | None = None,
 ) -> tuple[dict[str, Any], system.Services]:
     """Insert the backlog, start the publisher, wait until it is drained. Returns the results
     and the running publisher, for the caller to stop (this stops it itself if it raises)."""
@@ -145,6 +149,12 @@ async def measure_drain(
             )
             if backlog == 0 or time.monotonic() > give_up:
                 break
+            at = time.monotonic() - started
+            if reporter is not None and reporter.due(at):
+                published = events - backlog
+                reporter.line(
+                    progress.drain_line(at, published, events, reporter.rate(at, published))
+                )
             meter.sample()
             await asyncio.sleep(POLL_INTERVAL)
         cpu = meter.end()

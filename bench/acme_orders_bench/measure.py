@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -18,6 +17,7 @@ import asyncpg
 import psutil
 
 from acme_orders.core.orders import FINAL_STATUSES
+from acme_orders_bench import progress as progress_lines
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ CPU_SAMPLE_EVERY = 5
 
 @dataclass
 class Sampler:
-    """Every second while the load runs: a Progress sample, and the progress line."""
+    """Every second while the load runs: a Progress sample; and every few seconds, on a terminal,
+    the progress line (see progress.Reporter)."""
 
     pool: asyncpg.Pool
     since: datetime
@@ -79,9 +80,11 @@ class Sampler:
     # Sampled every CPU_SAMPLE_EVERY seconds, once begun (see CpuMeter).
     meter: CpuMeter | None = None
     samples: list[Progress] = field(default_factory=list)
+    reporter: progress_lines.Reporter | None = None
+    # Put before each progress line: which step of a sweep it is.
+    label: str = ""
 
     async def run(self, started: float) -> None:
-        tty = sys.stdout.isatty()
         tick = 0
         while True:
             tick += 1
@@ -92,19 +95,20 @@ class Sampler:
             if self.meter is not None and tick % CPU_SAMPLE_EVERY == 0:
                 self.meter.sample()
             self.samples.append(sample)
-            line = (
-                f"{sample.at:5.0f}/{self.total_seconds:.0f}s  accepted {sample.accepted}  "
-                f"final {sample.final}  outbox backlog {sample.backlog}"
-            )
-            if tty:
-                print(f"\r\x1b[K{line}", end="", flush=True)
-            elif tick % 5 == 0:
-                print(line, flush=True)
-
-    @staticmethod
-    def end_line() -> None:
-        if sys.stdout.isatty():
-            print(flush=True)
+            reporter = self.reporter
+            if reporter is not None and reporter.due(sample.at):
+                rate = reporter.rate(sample.at, sample.accepted)
+                reporter.line(
+                    progress_lines.load_line(
+                        self.label,
+                        sample.at,
+                        self.total_seconds,
+                        sample.accepted,
+                        rate,
+                        sample.final,
+                        sample.backlog,
+                    )
+                )
 
 
 async def wait_until_final(
@@ -329,3 +333,37 @@ def rss_figures(
         change = round(100 * (last - first) / first, 1) if first and last is not None else None
         figures[name] = {"start": first, "end": last, "max": max(values), "change_percent": change}
     return figures
+
+
+# The latency placed->final of the final orders placed in the window [$1, $2) and inside (or, $5
+# false, outside) the part of it [$3, $4): what a purge running then did to the orders.
+LATENCY_INSIDE_OR_OUTSIDE = """
+SELECT count(*) AS orders,
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY ms) AS pct,
+       max(ms) AS max
+FROM (SELECT extract(epoch FROM updated_at - created_at) * 1000 AS ms
+      FROM orders
+      WHERE created_at >= $1 AND created_at < $2 AND status = ANY($6::text[])
+        AND (created_at >= $3 AND created_at < $4) = $5) AS final
+"""
+
+
+async def latency_between(
+    pool: asyncpg.Pool,
+    window_start: datetime,
+    window_end: datetime,
+    part_start: datetime,
+    part_end: datetime,
+    inside: bool,
+) -> dict[str, Any]:
+    """p50, p99 and max in ms of the window's orders placed inside (or outside) a part of it."""
+    row = await pool.fetchrow(
+        LATENCY_INSIDE_OR_OUTSIDE, window_start, window_end, part_start, part_end, inside, FINALS
+    )
+    assert row is not None
+    pct = row["pct"] or [None, None]
+
+    def ms(value: Any) -> float | None:
+        return None if value is None else round(float(value), 2)
+
+    return {"orders": row["orders"], "p50": ms(pct[0]), "p99": ms(pct[1]), "max": ms(row["max"])}

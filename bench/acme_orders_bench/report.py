@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _num(value: Any, unit: str = "", digits: int = 1) -> str:
+def num(value: Any, unit: str = "", digits: int = 1) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -29,12 +29,12 @@ def _rss_row(memory: dict[str, dict[str, Any]]) -> tuple[str, str]:
         change = rss["change_percent"]
         shown = "n/a" if change is None else f"{change:+.1f}%"
         parts.append(
-            f"{name} {_num(rss['start'])}->{_num(rss['end'])} (max {_num(rss['max'])}, {shown})"
+            f"{name} {num(rss['start'])}->{num(rss['end'])} (max {num(rss['max'])}, {shown})"
         )
     return ("RSS, MiB", "  ".join(parts))
 
 
-def _table(title: str, rows: list[tuple[str, str]]) -> str:
+def table(title: str, rows: list[tuple[str, str]]) -> str:
     width = max(len(name) for name, _ in rows)
     return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
 
@@ -47,14 +47,14 @@ def drain_summary(result: dict[str, Any]) -> str:
         ("backlog", f"{figures['events']:,} NEW rows, inserted in {figures['insert_seconds']} s"),
         (
             "published",
-            f"{figures['published_events']:,} in {_num(figures['publish_seconds'], ' s', 2)} "
+            f"{figures['published_events']:,} in {num(figures['publish_seconds'], ' s', 2)} "
             f"(first to last published_at)",
         ),
-        ("events/s", f"{_num(figures['events_per_second'])} (N / first to last published_at)"),
+        ("events/s", f"{num(figures['events_per_second'])} (N / first to last published_at)"),
         (
             "events/s, wall",
-            f"{_num(figures['events_per_second_wall'])} "
-            f"(N / {_num(figures['wall_seconds'], ' s', 2)} from the publisher's start, "
+            f"{num(figures['events_per_second_wall'])} "
+            f"(N / {num(figures['wall_seconds'], ' s', 2)} from the publisher's start, "
             f"{figures['publisher_ready_seconds']} s to ready)",
         ),
     ]
@@ -66,7 +66,7 @@ def drain_summary(result: dict[str, Any]) -> str:
                 f"{queue['name']} holds {queue['messages']:,} of {queue['expected']:,}: {verdict}",
             )
         )
-    rows.extend(_process_rows(result))
+    rows.extend(process_rows(result))
     broker = (result.get("ceilings") or {}).get("broker")
     if broker is not None:
         drained = figures["events_per_second"]
@@ -75,14 +75,14 @@ def drain_summary(result: dict[str, Any]) -> str:
                 "ceiling: broker only",
                 broker,
                 lambda c: (
-                    f"{_num(c['messages_per_second'])} messages/s; "
+                    f"{num(c['messages_per_second'])} messages/s; "
                     f"drain = {_pct(drained, c['messages_per_second'])} of it"
                 ),
             )
         )
     if "error" in result:
         rows.append(("ERROR", result["error"]))
-    return _table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
+    return table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -102,19 +102,19 @@ def summary(result: dict[str, Any]) -> str:
         ),
         (
             "accepted at the API",
-            f"{_num(figures['accepted_per_second'])} orders/s ({figures['accepted_orders']:,})",
+            f"{num(figures['accepted_per_second'])} orders/s ({figures['accepted_orders']:,})",
         ),
         (
             "end to end (final)",
-            f"{_num(figures['end_to_end_per_second'])} orders/s ({figures['finished_orders']:,})",
+            f"{num(figures['end_to_end_per_second'])} orders/s ({figures['finished_orders']:,})",
         ),
         (
             "latency placed->final",
-            f"p50 {_num(latency['p50'], ' ms')}  p90 {_num(latency['p90'], ' ms')}  "
-            f"p99 {_num(latency['p99'], ' ms')}  max {_num(latency['max'], ' ms')}  "
+            f"p50 {num(latency['p50'], ' ms')}  p90 {num(latency['p90'], ' ms')}  "
+            f"p99 {num(latency['p99'], ' ms')}  max {num(latency['max'], ' ms')}  "
             f"({latency['orders']:,} orders)",
         ),
-        ("publisher", f"{_num(figures['publisher_events_per_second'])} events/s"),
+        ("publisher", f"{num(figures['publisher_events_per_second'])} events/s"),
         ("outbox backlog", f"max {figures['backlog_max']:,} NEW rows"),
         (
             "not finished",
@@ -128,25 +128,21 @@ def summary(result: dict[str, Any]) -> str:
         (
             "HTTP (wrk's view)",
             f"{load['requests']:,} requests, {sum(load['errors'].values()):,} errors, "
-            f"p50 {_num(load['http_latency_ms']['p50'], ' ms')}, "
-            f"p99 {_num(load['http_latency_ms']['p99'], ' ms')}",
+            f"p50 {num(load['http_latency_ms']['p50'], ' ms')}, "
+            f"p99 {num(load['http_latency_ms']['p99'], ' ms')}",
         ),
     ]
-    rows.extend(_process_rows(result))
+    rows.extend(process_rows(result))
     e2e = figures["end_to_end_per_second"]
-    pipeline_cpu = sum(
-        percent
-        for process, percent in (result.get("cpu_percent_of_one_core") or {}).items()
-        if process not in NOT_THE_PIPELINE
-    )
-    if pipeline_cpu and e2e:
-        # A percent of one core is 10 ms of CPU per second.
+    cpu_per_order = cpu_ms_per_order(result.get("cpu_percent_of_one_core"), e2e)
+    if cpu_per_order is not None:
         rows.append(
             (
                 "CPU per order",
-                f"{pipeline_cpu * 10 / e2e:.2f} ms (services, PostgreSQL and RabbitMQ together)",
+                f"{cpu_per_order:.2f} ms (services, PostgreSQL and RabbitMQ together)",
             )
         )
+    rows.extend(history_rows(result))
     ceilings = result.get("ceilings") or {}
     database = ceilings.get("database")
     if database is not None:
@@ -155,7 +151,8 @@ def summary(result: dict[str, Any]) -> str:
                 "ceiling: database only",
                 database,
                 lambda c: (
-                    f"{_num(c['orders_per_second'])} orders/s (pgbench); "
+                    f"{num(c['orders_per_second'])} orders/s (pgbench, batches of "
+                    f"{c.get('batch', 1)}); "
                     f"pipeline = {_pct(e2e, c['orders_per_second'])} of it"
                 ),
             )
@@ -167,13 +164,55 @@ def summary(result: dict[str, Any]) -> str:
                 "ceiling: broker only",
                 broker,
                 lambda c: (
-                    f"{_num(c['messages_per_second'])} messages/s = "
-                    f"{_num(c['orders_per_second'])} orders/s; "
+                    f"{num(c['messages_per_second'])} messages/s = "
+                    f"{num(c['orders_per_second'])} orders/s; "
                     f"pipeline = {_pct(e2e, c['orders_per_second'])} of it"
                 ),
             )
         )
-    return _table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
+    return table(f"acme-orders bench ({result['mode']}), {result['started_at']}", rows)
+
+
+def cpu_ms_per_order(
+    cpu: dict[str, float] | None, finished_per_second: float | None
+) -> float | None:
+    """CPU ms per finished order of the pipeline's processes (services, PostgreSQL, RabbitMQ),
+    when the run measured them: a percent of one core is 10 ms of CPU per second."""
+    pipeline_cpu = sum(
+        percent for process, percent in (cpu or {}).items() if process not in NOT_THE_PIPELINE
+    )
+    if not pipeline_cpu or not finished_per_second:
+        return None
+    return round(pipeline_cpu * 10 / finished_per_second, 3)
+
+
+def history_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The prefilled history, and the purge run in the window, when the run had them."""
+    rows = []
+    history = result.get("history")
+    if history:
+        rows.append(
+            (
+                "history",
+                f"{history['orders']:,} finished orders prefilled over {history['days']:g} days "
+                f"in {history['seconds']:.0f} s; rows: "
+                + ", ".join(f"{table} {n:,}" for table, n in history["rows"].items()),
+            )
+        )
+    purge = result.get("purge")
+    if purge:
+        during, outside = purge["latency_during_ms"], purge["latency_outside_ms"]
+        rows.append(
+            (
+                "purge in the window",
+                f"{purge['seconds']:.2f} s, deleted "
+                + ", ".join(f"{table} {n:,}" for table, n in purge["deleted"].items())
+                + f"; p50/p99 during {num(during['p50'], ' ms')}/{num(during['p99'], ' ms')} "
+                f"({during['orders']:,} orders), outside {num(outside['p50'], ' ms')}/"
+                f"{num(outside['p99'], ' ms')} ({outside['orders']:,})",
+            )
+        )
+    return rows
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
@@ -185,7 +224,7 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 NOT_THE_PIPELINE = frozenset({"wrk", "bench", "machine"})
 
 
-def _process_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+def process_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     """The machine, and the CPU and memory of each process, when the run measured them."""
     rows = []
     machine = result.get("machine") or {}

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,18 @@ import asyncpg
 import psutil
 
 from acme_orders.core.settings import Settings, get_settings
-from acme_orders_bench import ceilings, drain, load, measure, report, system
+from acme_orders.ops import housekeeping
+from acme_orders_bench import (
+    ceilings,
+    drain,
+    history,
+    load,
+    measure,
+    progress,
+    report,
+    sweep,
+    system,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +60,17 @@ class BenchOptions:
     rabbitmqctl: tuple[str, ...] = ("rabbitmqctl",)
     # --instances N: processes of the publisher and of each consumer (the API stays one).
     instances: int = 1
+    # --sweep R1,R2,...[,flat]: one window per offered rate (None: flat out), on one system.
+    sweep: tuple[float | None, ...] | None = None
+    # --history N: N finished orders prefilled over the last --history-days before the load.
+    history: int | None = None
+    history_days: float = 30.0
+    # --purge: housekeeping's purge_all in the middle of the measured window, timed.
+    purge: bool = False
+    # --ceiling-batch N: orders per batch of the database ceiling (default: PREFETCH_COUNT).
+    ceiling_batch: int | None = None
+    # --quiet: no progress lines on stderr (there are none when stderr is not a terminal).
+    quiet: bool = False
 
     @property
     def measured_seconds(self) -> float:
@@ -66,6 +88,29 @@ class BenchOptions:
                     "--drain cannot be combined with --rate or --attach: it starts only the "
                     "publisher, on a fresh database, with no load"
                 )
+        if self.sweep is not None and (
+            self.rate is not None or self.orders is not None or self.drain is not None
+        ):
+            raise ValueError(
+                "--sweep gives the rates itself: it cannot be combined with --rate, --orders or "
+                "--drain"
+            )
+        if self.history is not None:
+            if self.history < 1:
+                raise ValueError("--history needs at least 1 order")
+            if self.attach is not None or self.drain is not None:
+                raise ValueError(
+                    "--history fills the bench's own fresh database: not with --attach or --drain"
+                )
+            if self.history_days <= 0:
+                raise ValueError("--history-days must be above 0")
+        if self.purge and (
+            self.attach is not None or self.drain is not None or self.sweep is not None
+        ):
+            raise ValueError(
+                "--purge deletes rows of the bench's own database in one measured window: not "
+                "with --attach, --drain or --sweep"
+            )
         if self.rate is not None and self.rate <= 0:
             raise ValueError("--rate must be above 0")
         if self.orders is not None and not self.rate:
@@ -78,6 +123,8 @@ class BenchOptions:
             raise ValueError("--threads must be at least 1 and --connections at least --threads")
         if not 0 <= self.payment_success_rate <= 1:
             raise ValueError("--payment-success-rate is a probability, from 0 to 1")
+        if self.ceiling_batch is not None and self.ceiling_batch < 1:
+            raise ValueError("--ceiling-batch must be at least 1")
         if self.ceiling_seconds < 1:
             raise ValueError("--ceiling-seconds must be at least 1")
         if self.instances < 1 or (self.instances > 1 and self.attach is not None):
@@ -185,7 +232,14 @@ async def measure_pipeline(
     api_url: str,
     skus: list[str],
     services: system.Services | None,
+    reporter: progress.Reporter | None = None,
+    label: str = "",
+    purge_settings: Settings | None = None,
 ) -> Pipeline:
+    """One load run: wrk at options.rate for the warm-up and the window, the figures of the
+    window once every order placed is final. With `purge_settings`, housekeeping's purge_all runs
+    with them from the middle of the window, and the latency of the orders placed while it ran
+    is set beside that of the others."""
     service_pids = services.pids if services else {}
     plan = load.LoadPlan(
         url=api_url,
@@ -210,7 +264,13 @@ async def measure_pipeline(
             names=dict(measure.SERVER_PROCESS_NAMES),
         )
         sampler = measure.Sampler(
-            pool, run_start, plan.seconds, pids=dict(service_pids), meter=meter
+            pool,
+            run_start,
+            plan.seconds,
+            pids=dict(service_pids),
+            meter=meter,
+            reporter=reporter,
+            label=label,
         )
         sampling = asyncio.create_task(sampler.run(started))
         try:
@@ -218,6 +278,13 @@ async def measure_pipeline(
             wrk_done = asyncio.create_task(load.finish_wrk(wrk))
             await asyncio.wait({wrk_done}, timeout=options.warmup)
             window_start = await measure.db_now(pool)
+            purging = (
+                asyncio.create_task(
+                    _purge_later(purge_settings, options.measured_seconds / 2, reporter)
+                )
+                if purge_settings is not None
+                else None
+            )
             meter.begin()
             # Read at the window's edges, not at the nearest once-a-second sample.
             rss_start = measure.rss_mib(service_pids)
@@ -226,26 +293,32 @@ async def measure_pipeline(
             cpu = meter.end()
             rss_end = measure.rss_mib(service_pids)
             cpu["wrk"] = meter.exited_group("wrk", measure.children_cpu_seconds() - children_before)
+            purge = await purging if purging is not None else None
         finally:
             sampling.cancel()
             await asyncio.gather(sampling, return_exceptions=True)
+            if purging is not None and not purging.done():
+                purging.cancel()
+                await asyncio.gather(purging, return_exceptions=True)
             if wrk.returncode is None:
                 wrk.kill()
                 await wrk.wait()
-            measure.Sampler.end_line()
 
     drain_started = time.monotonic()
 
     def waiting(pending: int) -> None:
         if services is not None:
             services.check_running()
-        if sys.stdout.isatty():
-            print(f"\r\x1b[Kwaiting for {pending} orders to finish", end="", flush=True)
+        at = time.monotonic() - drain_started
+        if reporter is not None and reporter.due(plan.seconds + at):
+            reporter.rate(plan.seconds + at, 0)
+            reporter.line(f"{label}waiting for {pending:,} orders to finish ({at:.0f} s)")
 
     unfinished = await measure.wait_until_final(pool, run_start, DRAIN_DEADLINE, waiting)
     drain_seconds = time.monotonic() - drain_started
-    measure.Sampler.end_line()
     figures = await measure.window_figures(pool, window_start, window_end)
+    if purge is not None:
+        figures["purge"] = await _purge_figures(pool, purge, window_start, window_end)
     backlog_in_window = [s.backlog for s in sampler.samples if s.at >= options.warmup]
     figures.update(
         window_start=window_start.isoformat(),
@@ -270,6 +343,60 @@ async def measure_pipeline(
     return Pipeline(figures, load_json, cpu, memory, [asdict(s) for s in sampler.samples])
 
 
+@dataclass(frozen=True, slots=True)
+class PurgeRun:
+    started: datetime  # the database's clock
+    ended: datetime
+    seconds: float
+    deleted: dict[str, int]
+
+
+async def _purge_later(
+    settings: Settings, delay: float, reporter: progress.Reporter | None
+) -> PurgeRun:
+    """purge_all with the batch size configured, `delay` seconds from now, on a pool of its own
+    (as the publisher's housekeeping has), timed by the database's clock: deleting what the next
+    housekeeping run would (history.next_purge), the rows that passed their retention in one
+    HOUSEKEEPING_INTERVAL."""
+    await asyncio.sleep(delay)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1, timeout=10)
+    assert pool is not None
+    try:
+        if reporter is not None:
+            reporter.line("purge: housekeeping's purge_all starts")
+        started = await measure.db_now(pool)
+        began = time.monotonic()
+        deleted = await housekeeping.purge_all(pool, history.next_purge(settings))
+        seconds = time.monotonic() - began
+        ended = await measure.db_now(pool)
+        if reporter is not None:
+            reporter.line(f"purge: done in {seconds:.2f} s, deleted {deleted}")
+    finally:
+        await pool.close()
+    return PurgeRun(started, ended, round(seconds, 3), deleted)
+
+
+async def _purge_figures(
+    pool: asyncpg.Pool, purge: PurgeRun, window_start: datetime, window_end: datetime
+) -> dict[str, Any]:
+    """What the purge deleted, how long it took, and the latency of the window's orders placed
+    while it ran beside that of the window's other orders."""
+    during_start, during_end = max(purge.started, window_start), min(purge.ended, window_end)
+    return {
+        "seconds": purge.seconds,
+        "deleted": purge.deleted,
+        "started": purge.started.isoformat(),
+        "ended": purge.ended.isoformat(),
+        "ran_past_the_window": purge.ended > window_end,
+        "latency_during_ms": await measure.latency_between(
+            pool, window_start, window_end, during_start, during_end, inside=True
+        ),
+        "latency_outside_ms": await measure.latency_between(
+            pool, window_start, window_end, during_start, during_end, inside=False
+        ),
+    }
+
+
 async def measure_ceilings(
     options: BenchOptions, base: Settings, scratch: system.Scratch | None, skus: list[str]
 ) -> dict[str, Any]:
@@ -281,10 +408,18 @@ async def measure_ceilings(
     try:
         if scratch is None:
             scratch = made = await system.create_scratch(base, options.rabbitmqctl)
-        _say(f"ceiling: database only (pgbench, {options.ceiling_seconds} s)")
+        batch = options.ceiling_batch or base.prefetch_count
+        _say(
+            f"ceiling: database only (pgbench, {options.ceiling_seconds} s, batches of {batch} "
+            "orders)"
+        )
         try:
             results["database"] = await ceilings.database_ceiling(
-                scratch.settings.database_url, skus, options.ceiling_seconds
+                scratch.settings.database_url,
+                skus,
+                options.ceiling_seconds,
+                batch,
+                base.outbox_batch_size,
             )
         except (ceilings.CeilingError, OSError) as exc:
             results["database"] = {"error": str(exc)}
@@ -342,7 +477,9 @@ async def bench_drain(options: BenchOptions) -> dict[str, Any]:
             skus = [r["sku"] for r in await pool.fetch("SELECT sku FROM products ORDER BY sku")]
         finally:
             await pool.close()
-        found, services = await drain.measure_drain(options.drain, scratch, log_dir, _say)
+        found, services = await drain.measure_drain(
+            options.drain, scratch, log_dir, _say, progress.Reporter.for_terminal(options.quiet)
+        )
         result.update(found)
         if services is not None:
             result["system"]["exit_codes"] = await system.stop_services(services)
@@ -372,8 +509,9 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
         return await bench_drain(options)
     base = get_settings()
     load.wrk_path()  # fails now, with how to install it, rather than after the bring-up
+    mode = "attached" if options.attach else "fresh system"
     result: dict[str, Any] = {
-        "mode": "attached" if options.attach else "fresh system",
+        "mode": "sweep" if options.sweep else mode,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "options": {
             "attach": options.attach,
@@ -386,18 +524,31 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
             "payment_success_rate": options.payment_success_rate,
             "ceilings": options.ceilings,
             "ceiling_seconds": options.ceiling_seconds,
+            "sweep": list(options.sweep) if options.sweep else None,
+            "history": options.history,
+            "history_days": options.history_days if options.history else None,
+            "purge": options.purge,
         },
     }
     scratch: system.Scratch | None = None
     services: system.Services | None = None
     log_dir = Path(tempfile.mkdtemp(prefix="acme-bench-logs-"))
     failed = True
+    reporter = progress.Reporter.for_terminal(options.quiet)
     try:
         if options.attach:
             api_url, settings = options.attach, base
         else:
             scratch = await _fresh_scratch(base, options)
             settings = scratch.settings
+            if options.history:
+                _say(
+                    f"created database and vhost {scratch.name}; prefilling {options.history:,} "
+                    f"orders of history over {options.history_days:g} days"
+                )
+                result["history"] = await history.prefill(
+                    settings.database_url, settings, options.history, options.history_days, _say
+                )
             _say(f"created database and vhost {scratch.name}; starting the services")
             environ = system.service_environment(
                 settings, system.free_port(), options.payment_success_rate
@@ -429,21 +580,39 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
             skus = [r["sku"] for r in await pool.fetch("SELECT sku FROM products ORDER BY sku")]
             if not skus:
                 raise system.SetupError("the catalogue is empty: nothing to order")
-            offered = f"{options.rate:g} orders/s" if options.rate else "flat out"
-            _say(
-                f"load: {offered} for "
-                f"{options.warmup:g} s warm-up + {options.measured_seconds:g} s against {api_url}"
-            )
-            pipeline = await measure_pipeline(options, pool, api_url, skus, services)
+            if options.sweep:
+                steps = await measure_sweep(options, pool, api_url, skus, services, reporter)
+                result["steps"] = steps
+                result["chart"] = _chart(steps, options, result)
+                pipeline = None
+            else:
+                offered = f"{options.rate:g} orders/s" if options.rate else "flat out"
+                _say(
+                    f"load: {offered} for {options.warmup:g} s warm-up + "
+                    f"{options.measured_seconds:g} s against {api_url}"
+                )
+                pipeline = await measure_pipeline(
+                    options,
+                    pool,
+                    api_url,
+                    skus,
+                    services,
+                    reporter,
+                    purge_settings=settings if options.purge else None,
+                )
         finally:
             await pool.close()
-        result.update(
-            figures=pipeline.figures,
-            load=pipeline.load,
-            cpu_percent_of_one_core=pipeline.cpu,
-            rss_mib=pipeline.memory,
-            series=pipeline.series,
-        )
+        if pipeline is not None:
+            purge = pipeline.figures.pop("purge", None)
+            if purge is not None:
+                result["purge"] = purge
+            result.update(
+                figures=pipeline.figures,
+                load=pipeline.load,
+                cpu_percent_of_one_core=pipeline.cpu,
+                rss_mib=pipeline.memory,
+                series=pipeline.series,
+            )
         if services is not None:
             # Before the ceilings: idle services would still wake up for the ceiling's outbox rows.
             codes = await system.stop_services(services)
@@ -451,7 +620,12 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
             services = None
         if options.ceilings:
             found = await measure_ceilings(options, base, scratch, skus)
-            e2e = pipeline.figures["end_to_end_per_second"]
+            # A sweep's pipeline figure is its fastest step's.
+            e2e = (
+                pipeline.figures["end_to_end_per_second"]
+                if pipeline is not None
+                else max(step["figures"]["end_to_end_per_second"] for step in result["steps"])
+            )
             for ceiling in found.values():
                 if isinstance(ceiling, dict) and ceiling.get("orders_per_second"):
                     ceiling["pipeline_ratio"] = round(e2e / ceiling["orders_per_second"], 4)
@@ -460,6 +634,57 @@ async def bench(options: BenchOptions) -> dict[str, Any]:
     finally:
         await _tear_down(services, scratch, failed, log_dir)
     return result
+
+
+async def measure_sweep(
+    options: BenchOptions,
+    pool: asyncpg.Pool,
+    api_url: str,
+    skus: list[str],
+    services: system.Services | None,
+    reporter: progress.Reporter,
+) -> list[dict[str, Any]]:
+    """Each offered rate of the sweep in turn on the same system, with its own warm-up and window;
+    a step starts once every order of the one before is final (measure_pipeline waits for that),
+    so that no step's latency carries the backlog of the last."""
+    assert options.sweep is not None
+    steps = []
+    for number, rate in enumerate(options.sweep, 1):
+        step_options = replace(options, rate=rate)
+        label = f"step {number}/{len(options.sweep)} {sweep.offered_label(rate)}: "
+        _say(
+            f"{label}{options.warmup:g} s warm-up + {options.measured_seconds:g} s against "
+            f"{api_url}"
+        )
+        reporter.restart()
+        pipeline = await measure_pipeline(
+            step_options, pool, api_url, skus, services, reporter, label
+        )
+        steps.append(
+            {
+                "offered": rate,
+                "figures": pipeline.figures,
+                "load": pipeline.load,
+                "cpu_percent_of_one_core": pipeline.cpu,
+                "rss_mib": pipeline.memory,
+                "series": pipeline.series,
+            }
+        )
+    return steps
+
+
+def _chart(
+    steps: list[dict[str, Any]], options: BenchOptions, result: dict[str, Any]
+) -> dict[str, str]:
+    """The sweep's PNG beside its JSON, or why there is none."""
+    path = (options.output or default_output()).with_suffix(".png")
+    title = f"acme-orders bench --sweep, {result['started_at']}"
+    try:
+        sweep.write_chart(steps, path, title)
+    except sweep.ChartUnavailableError as exc:
+        _say(str(exc))
+        return {"skipped": str(exc)}
+    return {"path": str(path)}
 
 
 async def _fresh_scratch(base: Settings, options: BenchOptions) -> system.Scratch:
@@ -499,6 +724,8 @@ def run(options: BenchOptions) -> int:
         print(f"acme-orders bench: {exc}", file=sys.stderr)
         return 2
     output = options.output or default_output()
+    # The chart of a sweep is written beside the JSON, with the same name.
+    options = replace(options, output=output)
     try:
         result = asyncio.run(bench(options))
     except (load.WrkMissingError, system.SetupError) as exc:
@@ -508,7 +735,7 @@ def run(options: BenchOptions) -> int:
         print("acme-orders bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
     report.write_json(result, output)
-    print(report.summary(result))
+    print(sweep.summary(result) if result["mode"] == "sweep" else report.summary(result))
     print(f"results: {output}")
     ceiling_failed = any(
         isinstance(c, dict) and "error" in c for c in result.get("ceilings", {}).values()

@@ -12,7 +12,7 @@ from pathlib import Path
 from uuid import UUID
 
 from acme_orders import services
-from acme_orders.ops import api_keys
+from acme_orders.ops import api_keys, audit
 from acme_orders.ops import commands as commands_
 
 
@@ -144,6 +144,54 @@ def build_parser() -> argparse.ArgumentParser:
     cancel_parser.add_argument("order_id", type=UUID, help="the order's id")
     cancel_parser.set_defaults(handler=lambda args: commands_.cancel(args.order_id))
 
+    stock = commands.add_parser("stock", help="change the products' stock")
+    stock_commands = stock.add_subparsers(dest="stock_command", required=True)
+    stock_add_parser = stock_commands.add_parser(
+        "add",
+        help="add stock to a product (a delivery), recorded in stock_ledger so that the audit "
+        "knows of it",
+    )
+    stock_add_parser.add_argument("sku", help="the product's SKU")
+    stock_add_parser.add_argument("qty", type=int, help="how many to add (1 to 1000000)")
+    stock_add_parser.set_defaults(handler=lambda args: commands_.stock_add(args.sku, args.qty))
+
+    audit_parser = commands.add_parser(
+        "audit",
+        help="check that the books balance (reservations, stock, notifications, events handled, "
+        "dead letters, stuck orders); exit 0 clean, 1 findings, 3 database or 4 RabbitMQ "
+        "unavailable",
+    )
+    audit_parser.add_argument(
+        "--json", action="store_true", dest="as_json", help="print the report as JSON"
+    )
+    audit_parser.add_argument(
+        "--grace",
+        type=_seconds,
+        default=audit.DEFAULT_GRACE.total_seconds(),
+        metavar="S",
+        help="leave orders final and events published less than S seconds ago for the next "
+        "audit: their release, notification or handling may still be on its way (default: "
+        "%(default)g)",
+    )
+    audit_parser.add_argument(
+        "--stuck-after",
+        type=_seconds,
+        default=audit.DEFAULT_STUCK_AFTER.total_seconds(),
+        metavar="S",
+        help="report orders not final S seconds after they were placed, and where they wait "
+        "(default: %(default)g)",
+    )
+    audit_parser.add_argument(
+        "--limit",
+        type=_positive,
+        default=audit.DEFAULT_LIMIT,
+        metavar="N",
+        help="list at most N of each kind of finding; the counts are of all (default: %(default)d)",
+    )
+    audit_parser.set_defaults(
+        handler=lambda args: commands_.audit(args.as_json, args.grace, args.stuck_after, args.limit)
+    )
+
     definitions = commands.add_parser(
         "broker-definitions",
         help="write RabbitMQ definitions with passwords for the broker to load at boot",
@@ -183,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=lambda args: run_bench(args.arguments))
 
     return parser
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
 
 
 def run_bench(arguments: list[str]) -> int:

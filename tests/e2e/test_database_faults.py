@@ -32,6 +32,7 @@ from acme_orders.core.topology import QUEUES
 from acme_orders.order_api import store
 from acme_orders.order_api.schemas import PlaceOrder
 from acme_orders.publisher.relay import relay_outbox_batch
+from tests.support.audit import assert_audit_clean
 from tests.support.database_roles import (
     AppRole,
     create_app_role,
@@ -357,6 +358,8 @@ async def test_orders_wait_out_the_database_refusing_work_and_none_is_dead_lette
         set(clients.accepted.values()) | stored,
         start_stock,
     )
+    # And the reconciliation audit finds the run's books balanced (tests/support/audit.py).
+    await assert_audit_clean(deployment.pool, deployment.env.settings())
     for consumer in ("inventory", "payment", "notification"):
         # ConsumerRunner.retry_later's line: a message requeued, one of its deliveries spent.
         assert "; will retry" not in deployment.logs(consumer), f"{consumer} requeued a message"

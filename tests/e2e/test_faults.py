@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from acme_orders.core.topology import QUEUES
+from tests.support.audit import assert_audit_clean
 from tests.support.environment import TestEnvironment, create_environment, drop_environment
 from tests.support.faults import TcpProxy
 from tests.support.load import Load, assert_pipeline_consistent
@@ -174,6 +175,8 @@ async def test_every_order_survives_the_fault_exactly_once(
         f"409; cancelled orders by reason: {reasons or 'none'}"
     )
     assert len(answered) == ORDERS // CANCEL_EVERY
+    # And the reconciliation audit finds the run's books balanced (tests/support/audit.py).
+    await assert_audit_clean(deployment.pool, deployment.env.settings())
 
 
 async def _now(value: bool) -> bool:

@@ -58,6 +58,14 @@ def test_orders_at_a_rate_set_the_duration() -> None:
         {"drain": 1000},  # with the default --rate of these tests
         {"drain": 1000, "rate": None, "attach": "http://127.0.0.1:8000"},
         {"drain": 0, "rate": None},
+        {"sweep": (100.0, 200.0)},  # with the default --rate of these tests
+        {"sweep": (100.0, 200.0), "rate": None, "orders": 1000},
+        {"history": 0},
+        {"history": 1000, "attach": "http://127.0.0.1:8000"},
+        {"history": 1000, "history_days": 0},
+        {"purge": True, "attach": "http://127.0.0.1:8000"},
+        {"purge": True, "sweep": (100.0, 200.0), "rate": None},
+        {"ceiling_batch": 0},
     ],
 )
 def test_impossible_options_are_refused(bad: dict[str, object]) -> None:
@@ -69,6 +77,11 @@ def test_drain_alone_is_accepted() -> None:
     options(drain=100_000, rate=None).validate()
 
 
+def test_a_sweep_on_history_and_a_purge_on_history_are_accepted() -> None:
+    options(sweep=(100.0, 250.0, None), rate=None, history=5_000_000).validate()
+    options(history=5_000_000, purge=True).validate()
+
+
 def test_connections_grow_with_the_rate() -> None:
     assert load.default_connections(50) == 8
     assert load.default_connections(1000) == 40
@@ -77,14 +90,9 @@ def test_connections_grow_with_the_rate() -> None:
 
 def test_pgbench_script_has_no_stray_variables() -> None:
     """pgbench reads any ":word" as a variable: only the script's own may appear."""
-    script = ceilings.pgbench_script(["A-1", "B-2", "C-3"])
+    script = ceilings.pgbench_script(["A-1", "B-2", "C-3"], batch=4)
     used = set(re.findall(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", script))
-    ids = {
-        f"{name}_{half}"
-        for name in ("order", "placed", "reserved", "paid")
-        for half in ["hi", "lo"]
-    }
-    assert used == {"lo", "hi", "qty", "cust"} | ids
+    assert used == {"lo", "hi", "qty", "cust", "seed"}
 
 
 def normalised(statement: str) -> str:
@@ -132,3 +140,17 @@ def test_instances_start_every_service_but_the_api_that_many_times() -> None:
 def test_instances_need_a_system_of_the_benchs_own(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="--instances"):
         options(**changes).validate()
+
+
+def test_the_database_ceiling_batches_as_the_consumers_do() -> None:
+    """The API places each order with a statement of its own; each consumer handles the batch's
+    events in one transaction; the publisher claims up to OUTBOX_BATCH_SIZE rows."""
+    script = ceilings.pgbench_script(["A-1", "B-2", "C-3"], batch=3, claim_limit=200)
+
+    assert script.count("INSERT INTO orders ") == 3
+    # inventory, payment, notification, publisher: one transaction each for the whole batch.
+    assert script.count("BEGIN;") == 4
+    assert "generate_series(1, 3)" in script
+    assert "LIMIT (200)" in script
+    with pytest.raises(ValueError, match="at least one order"):
+        ceilings.pgbench_script(["A-1"], batch=0)

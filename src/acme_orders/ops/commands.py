@@ -1,7 +1,8 @@
 """The operator's commands of `acme-orders`: migrate, outbox, dlq, apikey, forget, trace, cancel,
-broker-definitions, wait-for-schema. Each reads the settings, prints its results on stdout and
-its logs on stderr, and, when a server cannot be reached or refuses, prints one line on stderr and
-returns 1 (`operate`). cli.py parses their arguments and calls them."""
+stock, audit, broker-definitions, wait-for-schema. Each reads the settings, prints its results on
+stdout and its logs on stderr, and, when a server cannot be reached or refuses, prints one line on
+stderr and returns 1 (`operate`; `audit` has exit codes of its own). cli.py parses their arguments
+and calls them."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ from acme_orders.ops import (
     dead_letters,
     housekeeping,
     privacy,
+    stock_ledger,
     timeline,
 )
+from acme_orders.ops import audit as audit_
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ OPERATOR_ERRORS: tuple[type[BaseException], ...] = (
     dead_letters.UnknownQueueError,
     api_keys.ApiKeyError,
     privacy.ForgetRefusedError,
+    stock_ledger.StockAddRefusedError,
 )
 
 
@@ -333,3 +337,56 @@ def write_broker_definitions(template: Path, output: Path, administrator: str | 
     vhosts = ", ".join(v["name"] for v in complete["vhosts"])
     print(f"wrote {output}: users {', '.join(users)}; vhosts {vhosts}")
     return 0
+
+
+def stock_add(sku: str, qty: int) -> int:
+    async def work(settings: Settings) -> None:
+        async with (
+            database_pool(settings) as pool,
+            pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            added = await stock_ledger.add_stock(conn, sku, qty)
+        print(f"added {added.added} to {added.sku}: stock {added.before} -> {added.after}")
+
+    return operate("stock add", "PostgreSQL", work)
+
+
+# `acme-orders audit`'s exit codes beyond 0 (clean) and 1 (something is off); argparse takes 2
+# for a usage error.
+AUDIT_DATABASE_UNAVAILABLE = 3
+AUDIT_BROKER_UNAVAILABLE = 4
+
+
+def audit(as_json: bool, grace: float, stuck_after: float, limit: int) -> int:
+    """Check the books: exit 0 when they balance, 1 with what is off, 3 when the database could
+    not be checked (unreachable, refused, not migrated), 4 when RabbitMQ could not."""
+    settings = get_settings()
+    configure_logging("audit", settings.log_level, settings.log_format)
+    for noisy in ("aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+
+    async def work() -> audit_.Report:
+        async with database_pool(settings) as pool:
+            return await audit_.audit(
+                pool,
+                settings,
+                grace=timedelta(seconds=grace),
+                stuck_after=timedelta(seconds=stuck_after),
+                limit=limit,
+            )
+
+    try:
+        report = asyncio.run(work())
+    except audit_.BrokerUnavailableError as exc:
+        print(f"acme-orders audit: RabbitMQ: {exc}", file=sys.stderr)
+        return AUDIT_BROKER_UNAVAILABLE
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"acme-orders audit: PostgreSQL: {detail}", file=sys.stderr)
+        return AUDIT_DATABASE_UNAVAILABLE
+    if as_json:
+        print(json.dumps(audit_.report_as_json(report), indent=2))
+    else:
+        print(audit_.render_report(report))
+    return 0 if report.clean else 1
