@@ -146,7 +146,7 @@ def pgbench_script(skus: list[str], batch: int = 1, claim_limit: int = 500) -> s
         return "\n".join(
             (
                 "BEGIN;",
-                bound(consumer.RECORD_PROCESSED, f"'{service}'", ids[event]),
+                bound(consumer.RECORD_PROCESSED, f"'{service}'", ids[event], "0"),
                 bound(orders.LOCK_ORDERS, orders_of_batch),
             )
         )

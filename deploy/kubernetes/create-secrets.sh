@@ -31,7 +31,8 @@ secrets=(
     "broker-acme-payment acme-payment -"
     "broker-acme-notification acme-notification -"
     "broker-acme-operator acme-operator -"           # dlq list|replay, run by a person
-    "broker-acme-board acme-board -"                 # the API's board, and KEDA
+    "broker-acme-board acme-board -"                 # the API's board
+    "broker-acme-keda acme-keda -"                   # KEDA, reading queue depths
 )
 
 password() {

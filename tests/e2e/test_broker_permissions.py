@@ -93,6 +93,17 @@ async def first_board_snapshot(client: httpx.AsyncClient) -> dict[str, Any]:
     raise AssertionError("the board's stream ended without a snapshot")
 
 
+async def park_by_hand(env: TestEnvironment, message_id: str) -> None:
+    """A message in inventory's dead-letter queue, put there as the test's own user."""
+    connection = await aio_pika.connect(env.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"not json", message_id=message_id),
+            routing_key=INVENTORY_ORDER_PLACED.dead_letter_queue,
+        )
+
+
 async def park_garbage_through_the_consumer(env: TestEnvironment) -> None:
     """Garbage into inventory's queue (as the test's own, all-powerful user), and wait for
     inventory, running as its own user, to park it."""
@@ -127,7 +138,8 @@ async def test_the_pipeline_runs_with_one_least_privileged_user_per_service(
         for service in ("publisher", "inventory", "payment", "notification"):
             environ = base | {"RABBITMQ_URL": broker_users[f"acme-{service}"]}
             processes.append(await start_service(service, environ, f"least-privilege-{service}"))
-        # The API never publishes or consumes; its board looks at the queues as acme-board.
+        # The API never publishes events or consumes work; its board looks at the queues and
+        # reads and replays the dead letters as acme-board.
         api_environ = base | {"RABBITMQ_URL": broker_users["acme-board"]}
         processes.append(await start_service("api", api_environ, "least-privilege-api"))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
@@ -147,6 +159,18 @@ async def test_the_pipeline_runs_with_one_least_privileged_user_per_service(
                 return str(order["status"]) if order["status"] in FINAL_STATUSES else None
 
             assert await wait_until(finished, what="the order to finish") == "paid"
+            # What the board does with the dead letters, acme-board may: list, dry run, replay.
+            await park_by_hand(fresh_env, "parked-by-hand")
+            listed = await client.get("/board/dead-letters")
+            assert listed.status_code == 200, listed.text
+            replay = f"/board/dead-letters/{INVENTORY_ORDER_PLACED.name}/replay"
+            dry_run = await client.post(replay, json={"dry_run": True})
+            assert [m["message_id"] for m in dry_run.json()["messages"]] == ["parked-by-hand"]
+            moved = await client.post(
+                replay, json={"message_ids": ["parked-by-hand"], "dry_run": False}
+            )
+            assert moved.status_code == 200, moved.text
+            assert [m["message_id"] for m in moved.json()["messages"]] == ["parked-by-hand"]
         # And what a consumer cannot read, it may still park in its dead-letter queue.
         await park_garbage_through_the_consumer(fresh_env)
     finally:
@@ -173,6 +197,10 @@ FORBIDDEN = [
     ("acme-board", "publish an event"),
     ("acme-board", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
     ("acme-board", "declare a queue"),
+    ("acme-keda", "publish an event"),
+    ("acme-keda", f"consume {PAYMENT_INVENTORY_RESERVED.name}"),
+    ("acme-keda", "declare a queue"),
+    ("acme-keda", "publish to the default exchange"),
     # A retry goes to the service's own retry queues, never into a work queue or another's.
     ("acme-inventory", f"retry into {retry_queue_name(PAYMENT_INVENTORY_RESERVED.name, 1)}"),
     ("acme-inventory", f"retry into {PAYMENT_INVENTORY_RESERVED.name}"),

@@ -1,9 +1,11 @@
 """Seeing what the system does, against the real processes: an order's timeline read back through
 GET /orders/{id}/events and `acme-orders trace` once the pipeline has handled it, and the live
-board in headless Chromium (Debian's `chromium`, driven by Playwright) showing orders reach `paid`.
+board in headless Chromium (Debian's `chromium`, driven by Playwright) showing orders reach `paid`,
+its chart, stuck orders with where they wait, and a dead letter replayed after a dry run.
 
-The board's screenshot is kept with the run's logs, test-output/run-<pid>/board.png; with
-BOARD_SCREENSHOT_TO_DOCS=1 it also replaces docs/board.png, the README's picture."""
+The board's screenshots are kept with the run's logs: test-output/run-<pid>/board.png (the
+operator's board with a stuck order and a dead letter in its dry run) and board-orders.png; with
+BOARD_SCREENSHOT_TO_DOCS=1 the first also replaces docs/board.png, the README's picture."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
@@ -26,9 +31,10 @@ from playwright.async_api import Page, Request
 
 from acme_orders.core.topology import QUEUES
 from acme_orders.ops.api_keys import Scope, create_key, revoke_key
+from acme_orders.services import SERVICES, WORKERS
 from tests.support.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
 from tests.support.environment import create_environment, drop_environment
-from tests.support.processes import OUTPUT_DIR, acme_orders, free_port
+from tests.support.processes import OUTPUT_DIR, ServiceProcess, acme_orders, free_port, stop_all
 from tests.support.products import NewProduct, add_product
 from tests.support.system import System, start_service
 from tests.support.waiting import wait_until
@@ -96,6 +102,17 @@ async def test_the_timeline_of_a_paid_order_shows_each_step_in_causal_order(
         assert recorded >= previous_handled
         assert when(event["published_at"]) >= recorded
         assert handled > recorded
+        # Each hop's lag, per consuming service: taken after it was written, recorded after it
+        # was taken.
+        received = when(handling["received_at"])
+        assert recorded <= received <= handled
+        assert event["outbox_seconds"] == pytest.approx(
+            (when(event["published_at"]) - recorded).total_seconds(), abs=1e-6
+        )
+        assert handling["broker_seconds"] >= 0
+        assert handling["handling_seconds"] == pytest.approx(
+            (handled - received).total_seconds(), abs=1e-6
+        )
         previous_handled = handled
     # Where the emitter recorded the cause (correlation and causation ids), it is the event before.
     causes = [event["causation_id"] for event in events]
@@ -121,8 +138,12 @@ async def test_trace_prints_the_timeline_of_a_paid_order(
         "PaymentCompleted",
     ]
     assert [line.split()[0] for line in lines[2:7:2]] == ["inventory", "payment", "notification"]
-    assert all("published +" in line for line in lines[1:7:2])
+    assert all("published +" in line and "(outbox " in line for line in lines[1:7:2])
     assert all(" handled +" in line for line in lines[2:7:2])
+    # Per hop, for each consuming service: measured, not unknown.
+    assert all(
+        re.search(r"\(broker [\d,.]+ ms, handling [\d,.]+ ms\)", line) for line in lines[2:7:2]
+    ), lines
     assert lines[-1] == "3 events"
 
 
@@ -182,7 +203,7 @@ async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
             elsewhere.append(request.url)
 
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    screenshot = OUTPUT_DIR / "board.png"
+    screenshot = OUTPUT_DIR / "board-orders.png"
     async with chromium() as browser:
         page = await browser.new_page(viewport={"width": 1440, "height": 900})
         page.set_default_timeout(PAGE_DEADLINE_MS)
@@ -197,6 +218,175 @@ async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
     assert not problems, problems
     assert not [line for line in console if line.startswith("error")], console
     assert not elsewhere, f"the board loaded from elsewhere: {elsewhere}"
+
+
+@pytest.fixture
+async def operator_system() -> AsyncIterator[System]:
+    """The five services on a database and vhost of the test's own: the board lists orders stuck
+    for more than 2 s, and payment parks a message after its first failed attempt."""
+    env = await create_environment(QUEUES)
+    port = free_port()
+    environ = env.environ(
+        API_PORT=str(port),
+        PAYMENT_SUCCESS_RATE="1.0",
+        BOARD_STUCK_AFTER=str(STUCK_AFTER),
+        MAX_ATTEMPTS="1",
+        **{f"{name.upper()}_METRICS_PORT": str(free_port()) for name in WORKERS},
+    )
+    pool = await asyncpg.create_pool(env.database_url, min_size=1, max_size=4)
+    assert pool is not None
+    processes: dict[str, ServiceProcess] = {}
+    try:
+        for name in SERVICES:
+            processes[name] = await start_service(name, environ, f"operator-board-{name}")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield System(env, environ, client, pool, processes)
+    finally:
+        try:
+            await stop_all([p for p in processes.values() if p.process is not None])
+        finally:
+            await pool.close()
+            await drop_environment(env.name)
+
+
+STUCK_AFTER = 2
+# Payment's card processor breaks for the orders of one product: their payment fails, and with
+# MAX_ATTEMPTS=1 the message is parked in payment.inventory.reserved.dlq at once.
+BREAK_PAYMENTS = """
+CREATE FUNCTION test_refuse_payment() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM order_items WHERE order_id = NEW.order_id AND sku = '{sku}') THEN
+        RAISE EXCEPTION 'card processor misconfigured (test)';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_refuse_payment BEFORE INSERT ON payments
+    FOR EACH ROW EXECUTE FUNCTION test_refuse_payment();
+"""
+MEND_PAYMENTS = """
+DROP TRIGGER test_refuse_payment ON payments;
+DROP FUNCTION test_refuse_payment();
+"""
+
+
+async def dlq_depth(system: System, queue: str) -> int:
+    connection = await aio_pika.connect(system.env.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(f"{queue}.dlq", passive=True)
+        return declared.declaration_result.message_count or 0
+
+
+async def work_the_operators_board(page: Page, system: System, base: str, shot: Path) -> None:
+    """Orders on the chart; one order parked in payment's DLQ and one waiting in the broker for
+    payment, both listed as stuck with where they wait; the parked message dry-run and replayed
+    from the board; then both orders end paid."""
+    await page.goto(f"{base}/board")
+    await page.wait_for_selector('#connection[data-state="live"]')
+    plenty = await add_product(system.pool, stock=50)
+    # Three waves of orders, each once the one before is on the chart (which draws complete
+    # buckets of CHART_STEP seconds, recomputed every few seconds), so each has a bucket of its own.
+    for wave in range(1, 4):
+        for order in [await system.place_order([(plenty, wave)]) for _ in range(wave + 1)]:
+            await system.wait_for_final_status(order["id"])
+        await page.wait_for_function(
+            "n => Number(document.getElementById('throughput-chart').dataset.finishedBuckets) >= n",
+            arg=wave,
+        )
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#throughput-chart path.finished')]"
+        ".some(path => path.getAttribute('d').includes('L'))"
+    )
+    await page.wait_for_function(
+        "() => document.getElementById('latency-now').textContent.startsWith('p50 ')"
+    )
+
+    broken = await add_product(system.pool, stock=50)
+    await system.pool.execute(BREAK_PAYMENTS.format(sku=broken))
+    parked = await system.place_order([(broken, 1)], customer="C300")
+    await page.wait_for_selector(
+        f'#stuck tr[data-order-id="{parked["id"]}"][data-stage="dead_letter"]'
+    )
+    payment_queue = "payment.inventory.reserved"
+    message_id = str(
+        await system.pool.fetchval(
+            "SELECT event_id FROM event_outbox WHERE order_id = $1 "
+            "AND event_type = 'InventoryReserved'",
+            UUID(parked["id"]),
+        )
+    )
+    letter = f'.dlq[data-queue="{payment_queue}"] li[data-message-id="{message_id}"]'
+    await page.wait_for_selector(letter)
+    assert "handler failed" in await page.inner_text(letter)
+
+    # Payment stopped: the next order waits in the broker for it.
+    assert await system.processes["payment"].stop() == 0
+    await system.pool.execute(MEND_PAYMENTS)
+    waiting = await system.place_order([(plenty, 1)], customer="C400")
+    waits = f'#stuck tr[data-order-id="{waiting["id"]}"][data-stage="broker"]'
+    await page.wait_for_selector(waits)
+    assert f"not handled by payment ({payment_queue})" in await page.inner_text(waits)
+
+    # The dry run lists exactly the parked message and moves nothing.
+    await page.click(f"{letter} button.replay-one")
+    await page.wait_for_selector('#replay-confirm[data-state="confirm"]')
+    listed = await page.eval_on_selector_all(
+        "#replay-list li", "items => items.map(item => item.dataset.messageId)"
+    )
+    assert listed == [message_id]
+    assert await dlq_depth(system, payment_queue) == 1
+    await page.click(f'#stuck tr[data-order-id="{parked["id"]}"]')
+    await page.wait_for_selector('#timeline-events li[data-event-type="InventoryReserved"]')
+    await page.screenshot(path=str(shot), full_page=True)
+
+    await page.click("#replay-go")
+    await page.wait_for_selector('#replay-confirm[data-state="done"]')
+    assert "Replayed 1" in await page.inner_text("#replay-result")
+    assert await dlq_depth(system, payment_queue) == 0
+    system.processes["payment"] = await start_service(
+        "payment", system.environ, "operator-board-payment-again"
+    )
+    for order in (parked, waiting):
+        await page.wait_for_selector(
+            f'#orders tr[data-order-id="{order["id"]}"][data-status="paid"]'
+        )
+    await page.wait_for_function(
+        f"() => !document.querySelector('#stuck tr[data-order-id=\"{parked['id']}\"]')"
+    )
+    await page.wait_for_selector(f"{letter}", state="detached")
+
+
+async def test_the_operators_board_shows_the_chart_stuck_orders_and_replays_a_dead_letter(
+    operator_system: System,
+) -> None:
+    system = operator_system
+    base = str(system.client.base_url).rstrip("/")
+    elsewhere: list[str] = []
+    problems: list[str] = []
+    console: list[str] = []
+
+    def note_request(request: Request) -> None:
+        if not request.url.startswith(base + "/"):
+            elsewhere.append(request.url)
+
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    screenshot = OUTPUT_DIR / "board.png"
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(PAGE_DEADLINE_MS)
+        page.on("request", note_request)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+        async with kept_if_it_fails(page, "operator-board", console, problems):
+            await work_the_operators_board(page, system, base, screenshot)
+
+    assert screenshot.stat().st_size > 10_000
+    assert not problems, problems
+    assert not [line for line in console if line.startswith("error")], console
+    assert not elsewhere, f"the board loaded from elsewhere: {elsewhere}"
+    # The replay was the board's, and the log says who made it and which message.
+    assert "board: " in system.processes["api"].log()
+    assert "replayed 1 message(s)" in system.processes["api"].log()
     if os.environ.get("BOARD_SCREENSHOT_TO_DOCS") == "1":
         shutil.copyfile(screenshot, ROOT / "docs" / "board.png")
 

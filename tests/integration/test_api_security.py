@@ -232,6 +232,8 @@ async def test_a_metrics_key_reads_the_metrics_and_nothing_else(
         ("GET", "/orders/{order_id}/events"),
         ("GET", "/products"),
         ("GET", "/board/stream"),
+        ("GET", "/board/dead-letters"),
+        ("POST", "/board/dead-letters/{queue}/replay"),
     }
     for route, (anonymous, as_scraper) in answers.items():
         if route == ("GET", "/metrics"):

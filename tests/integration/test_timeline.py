@@ -73,8 +73,16 @@ async def test_a_new_order_has_one_event_waiting_in_the_outbox_for_inventory(
         "api",
     )
     assert event["published_at"] is None
+    assert event["outbox_seconds"] is None  # still waiting there
     assert event["handled_by"] == [
-        {"service": "inventory", "queue": "inventory.order.placed", "processed_at": None}
+        {
+            "service": "inventory",
+            "queue": "inventory.order.placed",
+            "processed_at": None,
+            "received_at": None,
+            "broker_seconds": None,
+            "handling_seconds": None,
+        }
     ]
     assert event["causation_id"] is None
     assert when(event["recorded_at"]) >= when(order["created_at"])
@@ -117,6 +125,12 @@ async def test_the_timeline_shows_publishing_and_handling_as_they_are_recorded(
     [inventory] = first["handled_by"]
     assert inventory["service"] == "inventory"
     assert when(inventory["processed_at"]) >= when(first["recorded_at"])
+    assert first["outbox_seconds"] == pytest.approx(
+        (when(first["published_at"]) - when(first["recorded_at"])).total_seconds(), abs=1e-6
+    )
+    # Recorded without received_at, as rows written before db/011 are: those hops are unknown.
+    assert inventory["received_at"] is None
+    assert (inventory["broker_seconds"], inventory["handling_seconds"]) == (None, None)
     assert (second["event_id"], second["event_type"], second["emitted_by"]) == (
         str(reserved),
         "InventoryReserved",
@@ -125,7 +139,14 @@ async def test_the_timeline_shows_publishing_and_handling_as_they_are_recorded(
     assert second["causation_id"] == str(placed)
     assert second["published_at"] is None
     assert second["handled_by"] == [
-        {"service": "payment", "queue": "payment.inventory.reserved", "processed_at": None}
+        {
+            "service": "payment",
+            "queue": "payment.inventory.reserved",
+            "processed_at": None,
+            "received_at": None,
+            "broker_seconds": None,
+            "handling_seconds": None,
+        }
     ]
 
 
@@ -236,6 +257,7 @@ async def test_a_snapshot_holds_the_newest_orders_the_counts_the_backlog_and_the
     assert figures == {
         "inventory.order.placed": (0, 1),
         "inventory.payment.failed": (0, 0),
+        "inventory.order.cancelled": (0, 0),
         "payment.inventory.reserved": (0, 0),
         "notification.order.outcome": (0, 0),
     }

@@ -87,9 +87,14 @@ NEEDS: dict[str, Needs] = {
     "acme-operator": Needs(
         write={DEFAULT_EXCHANGE}, read={spec.dead_letter_queue for spec in ALL_QUEUES}
     ),
-    # The API's live board: it only looks at the queues' depths, with passive declares, which
-    # need no permission at all. The API itself never publishes or consumes.
-    "acme-board": Needs(),
+    # The API's board: queue depths with passive declares (which need no permission), and the
+    # dead letters as `dlq list|replay` reads and replays them; nothing else. The API itself
+    # never publishes an event or consumes a work queue.
+    "acme-board": Needs(
+        write={DEFAULT_EXCHANGE}, read={spec.dead_letter_queue for spec in ALL_QUEUES}
+    ),
+    # KEDA, on Kubernetes: queue depths only, with passive declares.
+    "acme-keda": Needs(),
 }
 
 # Every name a permission could be asked about: the system's, and some that are not (a new
@@ -154,13 +159,15 @@ def granted(user: str) -> Needs:
     )
 
 
-def test_there_is_one_user_per_service_that_talks_to_rabbitmq_and_the_api_may_only_look() -> None:
+def test_there_is_one_user_per_service_that_talks_to_rabbitmq_and_the_api_only_its_board() -> None:
     document = definitions()
     users = {user["name"] for user in document["users"]}
 
     assert users == set(NEEDS)
     assert "acme-api" not in users  # the API never publishes or consumes
-    assert granted("acme-board") == Needs()  # its board reads queue depths, nothing else
+    # Its board reads queue depths and the dead letters, and sends those back; nothing else.
+    assert granted("acme-board") == granted("acme-operator")
+    assert granted("acme-keda") == Needs()  # the autoscaler looks at queue depths, nothing else
     for user in document["users"]:
         # No password in the file: each is set with rabbitmqctl change_password (README).
         assert user["password_hash"] == ""

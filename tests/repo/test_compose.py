@@ -442,6 +442,7 @@ def test_passwords_and_switches_come_from_dot_env_consistently_everywhere() -> N
         "RABBITMQ_NOTIFICATION_PASSWORD",
         "RABBITMQ_OPERATOR_PASSWORD",
         "RABBITMQ_BOARD_PASSWORD",
+        "RABBITMQ_KEDA_PASSWORD",
     ]
     dot_env = {name: f"s3cret{n}" for n, name in enumerate(variables)} | {"AUTH_DISABLED": "0"}
 
@@ -454,8 +455,13 @@ def test_passwords_and_switches_come_from_dot_env_consistently_everywhere() -> N
     for user in users_of(template):
         if user in in_urls:
             assert in_urls[user] == written[password_variable(user)], user
-    # Each from a variable of its own: no two users share a password.
-    assert len(set(in_urls.values()) | {written[password_variable("eda_user")]}) == len(variables)
+    # Each from a variable of its own: no two users share a password (acme-keda, KEDA's on
+    # Kubernetes, is in no URL of compose).
+    assert written[password_variable("acme-keda")] == dot_env["RABBITMQ_KEDA_PASSWORD"]
+    assert len(
+        set(in_urls.values())
+        | {written[password_variable("eda_user")], written[password_variable("acme-keda")]}
+    ) == len(variables)
     assert environment(found["orderapi"], dot_env)["AUTH_DISABLED"] == "0"
 
 

@@ -630,15 +630,16 @@ def test_each_consumer_scales_on_the_depth_of_the_queues_it_consumes() -> None:
 def test_keda_reads_queue_depths_as_the_look_only_user() -> None:
     auth = one(overlay("production"), "TriggerAuthentication")
     definitions = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
-    [board] = [p for p in definitions["permissions"] if p["user"] == "acme-board"]
+    [keda] = [p for p in definitions["permissions"] if p["user"] == "acme-keda"]
 
     refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
     assert refs == {
-        "username": ("broker-acme-board", "username"),
-        "password": ("broker-acme-board", "password"),
+        "username": ("broker-acme-keda", "username"),
+        "password": ("broker-acme-keda", "password"),
     }
-    # Passive declares need no permission: the board's user may do nothing else.
-    assert (board["configure"], board["write"], board["read"]) == ("^$", "^$", "^$")
+    # Passive declares need no permission: KEDA's user may do nothing else (not the API's
+    # acme-board, which also reads and replays the dead letters for the board).
+    assert (keda["configure"], keda["write"], keda["read"]) == ("^$", "^$", "^$")
 
 
 def test_the_api_and_the_publisher_have_a_fixed_count() -> None:

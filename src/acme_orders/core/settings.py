@@ -133,6 +133,15 @@ class Settings(BaseSettings):
             "answered 503 with Retry-After."
         ),
     )
+    board_stuck_after: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "Seconds after it was placed that an order not final yet is shown on the board as "
+            "stuck, with where it waits."
+        ),
+    )
     rate_limit_orders_per_second: float = Field(
         100.0,
         ge=0,

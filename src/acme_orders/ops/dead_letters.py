@@ -8,7 +8,8 @@ Both functions read a dead-letter queue with basic.get and manual acks, holding 
 they took until they are done: a held message cannot be handed out twice, and whatever is not
 acked (listed, not selected, or left behind by an error or a crash) goes back to the queue when
 it is nacked or its channel closes. Only the messages in the queue when it was first looked at
-are read, so messages that arrive meanwhile are left alone.
+are read, so messages that arrive meanwhile are left alone; with a `limit`, only the first that
+many of them (the board's bounded view and its replays by message id).
 """
 
 from __future__ import annotations
@@ -78,13 +79,16 @@ def queue_names(queue: str) -> tuple[str, str]:
     return original, QueueSpec(original, ()).dead_letter_queue
 
 
-async def list_dead_letters(settings: Settings, queues: Sequence[str]) -> list[DeadLetter]:
-    """What is in the dead-letter queue of each queue, oldest first; nothing is removed."""
+async def list_dead_letters(
+    settings: Settings, queues: Sequence[str], limit: int | None = None
+) -> list[DeadLetter]:
+    """What is in the dead-letter queue of each queue, oldest first (with `limit`, at most that
+    many of each); nothing is removed."""
     found: list[DeadLetter] = []
     async with _connection(settings) as connection:
         for name in queues:
             original, dlq = queue_names(name)
-            async with _held_messages(connection, dlq) as (_, held):
+            async with _held_messages(connection, dlq, limit=limit) as (_, held):
                 found.extend(describe(message, original) for message in held)
     return found
 
@@ -93,17 +97,26 @@ async def replay_dead_letters(
     settings: Settings, queue: str, message_ids: set[str] | None = None
 ) -> int:
     """Move messages from the queue's DLQ back to the queue (`Q` or `Q.dlq`); with `message_ids`,
-    only those. Returns how many were moved.
+    only those. Returns how many were moved (see move_dead_letters)."""
+    return len(await move_dead_letters(settings, queue, message_ids))
+
+
+async def move_dead_letters(
+    settings: Settings, queue: str, message_ids: set[str] | None = None, limit: int | None = None
+) -> list[DeadLetter]:
+    """Move messages from the queue's DLQ back to the queue (`Q` or `Q.dlq`); with `message_ids`,
+    only those; with `limit`, looking at no more than the first `limit` messages of the DLQ.
+    Returns the messages moved.
 
     Each goes to the default exchange with the queue's name as routing key, so it reaches that
     queue alone, not every subscriber of acme.events. Its DLQ copy is acked only once the broker
     confirmed the new one: a failure in between leaves a duplicate, never a loss, and consumers
     ignore events they have already handled."""
     original, dlq = queue_names(queue)
-    moved = 0
+    moved: list[DeadLetter] = []
     async with (
         _connection(settings) as connection,
-        _held_messages(connection, dlq, check_exists=original) as (channel, held),
+        _held_messages(connection, dlq, check_exists=original, limit=limit) as (channel, held),
     ):
         for message in held:
             if message_ids is not None and message.message_id not in message_ids:
@@ -117,7 +130,7 @@ async def replay_dead_letters(
                 timeout=CONFIRM_TIMEOUT,
             )
             await message.ack()
-            moved += 1
+            moved.append(describe(message, original))
             logger.info("replayed %s from %s to %s", message.message_id or "(no id)", dlq, original)
     return moved
 
@@ -167,17 +180,23 @@ async def _connection(settings: Settings) -> AsyncIterator[AbstractConnection]:
 
 @asynccontextmanager
 async def _held_messages(
-    connection: AbstractConnection, dlq: str, *, check_exists: str | None = None
+    connection: AbstractConnection,
+    dlq: str,
+    *,
+    check_exists: str | None = None,
+    limit: int | None = None,
 ) -> AsyncIterator[tuple[AbstractChannel, list[AbstractIncomingMessage]]]:
-    """Take the messages now in `dlq` without acking them, on a channel of their own, and give
-    back on the way out every one that was not acked. With `check_exists`, that queue must
-    exist too."""
+    """Take the messages now in `dlq` (at most `limit` of them) without acking them, on a channel
+    of their own, and give back on the way out every one that was not acked. With
+    `check_exists`, that queue must exist too."""
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     async with channel:
         queue = await _existing_queue(channel, dlq)
         if check_exists is not None:
             await _existing_queue(channel, check_exists)
         count = queue.declaration_result.message_count or 0
+        if limit is not None:
+            count = min(count, limit)
         held: list[AbstractIncomingMessage] = []
         try:
             # A message we hold is not handed out again, so `count` gets calls see each message

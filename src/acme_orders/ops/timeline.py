@@ -2,6 +2,14 @@
 published, and when each consuming service handled it. Served by `GET /orders/{id}/events` and
 printed by `acme-orders trace ORDER_ID`.
 
+Per hop it says where the time went (`hop_lags`): in the outbox (recorded until published), in the
+broker (published until the consumer took the batch that handled it: in the queue, or delivered
+and waiting in the consumer's prefetch) and in the consumer (from taking the batch until its
+transaction recorded the event, processed_at: decoding, a linger, waiting for a connection,
+retries in place while the database is away). The handler's own statements and the commit follow
+within the same transaction (the consumers' acme_handler_seconds). `received_at` was
+added by db/011; rows recorded before it have none, and those hops are unknown.
+
 It reads what the pipeline already records: the order's rows in `event_outbox` (in id order, which
 is causal order: each event is written by the transaction that handled the one before) and the
 `processed_events` rows of those events. Outbox rows are purged OUTBOX_RETENTION after they were
@@ -30,6 +38,41 @@ class Handling:
     queue: str | None
     # None: not handled (yet).
     processed_at: datetime | None
+    # When the consumer took the batch that handled it; None when not handled, or recorded before
+    # processed_events had the column.
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HopLags:
+    """Where an event's time went on its way to one consumer, in seconds; None: unknown (not that
+    far yet, or recorded before received_at existed)."""
+
+    outbox: float | None
+    broker: float | None
+    handling: float | None
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    # Never below 0: published_at is stamped when the publisher claims the row, just before it
+    # publishes, and received_at is measured back from the insert; a rounding must not read as a
+    # message handled before it was sent.
+    return max(0.0, (end - start).total_seconds())
+
+
+def hop_lags(event: TimelineEvent, handling: Handling | None) -> HopLags:
+    """The time the event spent in the outbox, then, for `handling`'s service, in the broker and
+    in the consumer until its transaction recorded it."""
+    outbox = _seconds(event.recorded_at, event.published_at)
+    if handling is None:
+        return HopLags(outbox, None, None)
+    return HopLags(
+        outbox,
+        _seconds(event.published_at, handling.received_at),
+        _seconds(handling.received_at, handling.processed_at),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +113,13 @@ SELECT o.status, o.created_at AS placed_at,
        e.event_id, e.event_type, e.routing_key, e.payload->>'occurred_at' AS occurred_at,
        e.payload->>'correlation_id' AS correlation_id,
        e.payload->>'causation_id' AS causation_id,
-       e.created_at AS recorded_at, e.published_at, h.services, h.processed_at
+       e.created_at AS recorded_at, e.published_at, h.services, h.processed_at, h.received_at
 FROM orders AS o
 LEFT JOIN event_outbox AS e ON e.order_id = o.id
 LEFT JOIN LATERAL (
     SELECT array_agg(p.service ORDER BY p.processed_at) AS services,
-           array_agg(p.processed_at ORDER BY p.processed_at) AS processed_at
+           array_agg(p.processed_at ORDER BY p.processed_at) AS processed_at,
+           array_agg(p.received_at ORDER BY p.processed_at) AS received_at
     FROM processed_events AS p
     WHERE p.service = ANY($3::text[]) AND p.event_id = e.event_id
 ) AS h ON true
@@ -102,15 +146,23 @@ async def order_timeline(
 
 
 def _event(row: asyncpg.Record) -> TimelineEvent:
-    seen: dict[str, datetime] = dict(
-        zip(row["services"] or (), row["processed_at"] or (), strict=True)
+    seen: dict[str, tuple[datetime, datetime | None]] = dict(
+        zip(
+            row["services"] or (),
+            zip(row["processed_at"] or (), row["received_at"] or (), strict=True),
+            strict=True,
+        )
     )
     expected = topology.subscriptions_of(row["routing_key"])
-    handled = [
-        Handling(sub.service, sub.queue.name, seen.pop(sub.service, None)) for sub in expected
-    ]
+    handled = []
+    for sub in expected:
+        processed, received = seen.pop(sub.service, (None, None))
+        handled.append(Handling(sub.service, sub.queue.name, processed, received))
     # Anyone else who recorded it, although no queue of theirs is bound to its key now.
-    handled += [Handling(service, None, at) for service, at in seen.items()]
+    handled += [
+        Handling(service, None, processed, received)
+        for service, (processed, received) in seen.items()
+    ]
     return TimelineEvent(
         event_id=row["event_id"],
         event_type=row["event_type"],
@@ -149,10 +201,17 @@ def _after(moment: datetime, start: datetime) -> str:
     return f"{ms:+,.1f} ms"
 
 
+def _lag(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return f"{round(seconds * 1000, 1) + 0.0:,.1f} ms"
+
+
 def render_timeline(timeline: Timeline) -> str:
     """The timeline as `acme-orders trace` prints it: one line per event, indented lines for the
     services that handle it, times in milliseconds since the order was placed (every time here is
-    the database's clock)."""
+    the database's clock), each hop's lag after it: the outbox's on the event's line, the
+    broker's and the consumer's on each service's."""
     start = timeline.placed_at
     lines = [
         f"order {timeline.order_id}: {timeline.status.value}, "
@@ -164,6 +223,7 @@ def render_timeline(timeline: Timeline) -> str:
     for event in timeline.events:
         published = (
             f"published {_after(event.published_at, start)}"
+            f"  (outbox {_lag(hop_lags(event, None).outbox)})"
             if event.published_at
             else "not published yet"
         )
@@ -176,8 +236,10 @@ def render_timeline(timeline: Timeline) -> str:
             lines.append(f"{'':>14}    no consumer")
         service_width = max(len(h.service) for h in event.handled_by) if event.handled_by else 0
         for handling in event.handled_by:
+            lags = hop_lags(event, handling)
             when = (
                 f"handled {_after(handling.processed_at, start)}"
+                f"  (broker {_lag(lags.broker)}, handling {_lag(lags.handling)})"
                 if handling.processed_at
                 else "not handled yet"
             )

@@ -19,6 +19,11 @@ from acme_orders.order_api.http_metrics import HttpMetrics
 from acme_orders.order_api.rate_limit import TokenBucketLimiter
 from acme_orders.order_api.request_context import RequestContext
 from acme_orders.order_api.routes.board import board
+from acme_orders.order_api.routes.board_dead_letters import (
+    DEAD_LETTER_CALLS_BURST,
+    DEAD_LETTER_CALLS_PER_SECOND,
+    board_dead_letters,
+)
 from acme_orders.order_api.routes.docs import docs
 from acme_orders.order_api.routes.health import health
 from acme_orders.order_api.routes.metrics import metrics
@@ -84,6 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.rate_limit_reads_per_second > 0
         else None
     )
+    # Always on, whatever the other limits say: each call holds a DLQ's messages while it runs.
+    app.state.dead_letter_rate_limit = TokenBucketLimiter(
+        DEAD_LETTER_CALLS_PER_SECOND, DEAD_LETTER_CALLS_BURST
+    )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     # Outside the body limit, so that its 413s are timed and counted too.
     app.add_middleware(HttpMetrics)
@@ -95,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health)
     app.include_router(timeline)
     app.include_router(board)
+    app.include_router(board_dead_letters)
     app.include_router(docs)
     app.include_router(metrics)
 

@@ -183,6 +183,21 @@ class EventHandling(BaseModel):
     processed_at: datetime | None = Field(
         description="When its transaction recorded the event (processed_events); null: not yet."
     )
+    received_at: datetime | None = Field(
+        None,
+        description="When the service took the batch that handled the event; null: not handled "
+        "yet, or handled before the service recorded it (unknown).",
+    )
+    broker_seconds: float | None = Field(
+        None,
+        description="Seconds from published_at until the service took the event (in the queue "
+        "and in its prefetch); null: unknown or not yet.",
+    )
+    handling_seconds: float | None = Field(
+        None,
+        description="Seconds from taking the event until its transaction recorded it "
+        "(processed_at), retries in place included; null: unknown or not yet.",
+    )
 
 
 class OrderEventOut(BaseModel):
@@ -200,6 +215,11 @@ class OrderEventOut(BaseModel):
     published_at: datetime | None = Field(
         description="When the publisher recorded the broker's confirm; null while it waits in "
         "the outbox. A consumer may have handled it a moment before."
+    )
+    outbox_seconds: float | None = Field(
+        None,
+        description="Seconds it waited in the outbox, recorded_at to published_at; null while "
+        "it waits.",
     )
     handled_by: list[EventHandling] = Field(
         description="Each service subscribed to its routing key, and any other that handled it."

@@ -4,12 +4,17 @@ happens, and the stream that feeds it.
 GET /board serves a static page (HTML, CSS and JavaScript from `static/`, no other origin: it works
 without internet access). GET /board/stream is a server-sent event stream of snapshots, one a
 second: the newest orders with their statuses, the count of orders per status, the outbox backlog,
-and the messages ready in each consumer queue and its dead-letter queue.
+the messages ready in each consumer queue and its dead-letter queue, the throughput and the
+placed-to-final latency (p50, p99) of the last CHART_WINDOW in CHART_STEP buckets, and the orders
+not final BOARD_STUCK_AFTER seconds after they were placed, with where each waits
+(ops/waiting.py). The dead letters themselves, and replaying them, are in board_dead_letters.py.
 
 What it costs the server: one task makes the snapshots, however many boards watch, and only while
 at least one does. It reads the newest orders and the outbox backlog every second (both by index),
 counts statuses every COUNTS_INTERVAL seconds over at most COUNTS_LIMIT orders of the last
-COUNTS_WINDOW (orders has no status index, by design: db/004), and reads the queues with passive
+COUNTS_WINDOW (orders has no status index, by design: db/004), draws the chart's series from at
+most CHART_LIMIT orders placed in the last CHART_WINDOW + CHART_MARGIN (a range of the created_at
+index) and looks for stuck orders every STUCK_INTERVAL seconds, and reads the queues with passive
 declares over one RabbitMQ connection, opened for the first viewer and closed after the last.
 
 The page needs no key itself (it holds no data); the stream needs an admin key, which the page
@@ -43,12 +48,14 @@ from starlette.types import Receive, Scope, Send
 from acme_orders.core import topology
 from acme_orders.core.database import DATABASE_ERRORS, Connection
 from acme_orders.core.messaging import connect_once
-from acme_orders.core.orders import OrderStatus
+from acme_orders.core.orders import FINAL_STATUSES, OrderStatus
 from acme_orders.core.outbox import backlog
 from acme_orders.core.settings import Settings
 from acme_orders.ops.api_keys import ApiKeyCache, ApiKeysUnavailableError
 from acme_orders.ops.privacy import mask_emails_in
+from acme_orders.ops.waiting import WaitingOrder, where_orders_wait
 from acme_orders.order_api.deps import Admin, BearerCredentials, Pool
+from acme_orders.order_api.routes.board_dead_letters import dead_letter_reads
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,23 @@ RECENT_ORDERS = 20
 COUNTS_WINDOW = timedelta(hours=1)
 COUNTS_LIMIT = 10_000
 COUNTS_INTERVAL = 5.0
+# The chart: CHART_WINDOW of buckets of CHART_STEP seconds, the last one ending at the latest
+# whole step (a bucket still filling would read as a dip), recomputed every CHART_INTERVAL. Orders
+# finished in the window are looked for among those placed up to CHART_MARGIN before it, and at
+# most the newest CHART_LIMIT are read: the cost is bounded by the window, not by the table.
+CHART_WINDOW = timedelta(minutes=5)
+CHART_STEP = 5.0
+CHART_MARGIN = timedelta(minutes=2)
+CHART_LIMIT = 50_000
+CHART_INTERVAL = 5.0
+# Stuck orders shown (the oldest first), and how often they are looked for.
+STUCK_SHOWN = 20
+STUCK_INTERVAL = 5.0
+# The look for stuck orders runs beside the snapshots, as it may read the dead-letter queues over a
+# connection of its own: a snapshot waits for it at most STUCK_WAIT (then shows the last ones
+# found), the look itself may take up to STUCK_BUDGET.
+STUCK_WAIT = 1.0
+STUCK_BUDGET = 15.0
 # Seconds before trying RabbitMQ again after it could not be reached or refused us, and the
 # most one reading of the queues may take.
 BROKER_RETRY = 10.0
@@ -124,7 +148,9 @@ async def board_stream(
     the key it was opened with is revoked (an `end` event then says so)."""
     feed: BoardFeed | None = getattr(request.app.state, "board_feed", None)
     if feed is None:
-        feed = request.app.state.board_feed = BoardFeed(pool, request.app.state.settings)
+        feed = request.app.state.board_feed = BoardFeed(
+            pool, request.app.state.settings, dead_letter_reads(request.app)
+        )
     settings: Settings = request.app.state.settings
     if not feed.streams.take():
         raise HTTPException(
@@ -220,9 +246,12 @@ class BoardFeed:
     """Makes a snapshot every INTERVAL seconds while anybody watches, and hands each watcher the
     latest one (a slow watcher skips snapshots rather than piling them up)."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, dead_letter_reads: asyncio.Lock
+    ) -> None:
         self._pool = pool
         self._settings = settings
+        self._dead_letter_reads = dead_letter_reads
         self._watchers: set[asyncio.Queue[bytes]] = set()
         self._task: asyncio.Task[None] | None = None
         self._latest: bytes | None = None
@@ -251,7 +280,7 @@ class BoardFeed:
                 self._latest = None
 
     async def _produce(self) -> None:
-        snapshots = Snapshots(self._pool, self._settings)
+        snapshots = Snapshots(self._pool, self._settings, self._dead_letter_reads)
         try:
             while True:
                 try:
@@ -277,14 +306,116 @@ def snapshot_event(snapshot: dict[str, Any]) -> bytes:
     return b"event: snapshot\ndata: " + orjson.dumps(snapshot) + b"\n\n"
 
 
+# The chart's series: per bucket of $1 seconds over the window $2 ending at the latest whole step,
+# the orders placed, the orders that reached a final status ($5) and the p50 and p99 of their
+# placed-to-final latency. Read from at most $4 of the newest orders placed since the window's
+# start minus $3, by orders_created_at_idx; updated_at is when the final status was written.
+CHART_SERIES = """
+WITH bounds AS (
+    SELECT to_timestamp(floor(extract(epoch FROM clock_timestamp()) / $1) * $1) - $2::interval
+               AS starts_at
+), recent AS (
+    SELECT o.status, o.created_at, o.updated_at
+    FROM orders AS o, bounds AS b
+    WHERE o.created_at >= b.starts_at - $3::interval
+    ORDER BY o.created_at DESC, o.id DESC
+    LIMIT $4
+), placed AS (
+    SELECT floor(extract(epoch FROM r.created_at - b.starts_at) / $1)::int AS bucket,
+           count(*) AS n
+    FROM recent AS r, bounds AS b
+    WHERE r.created_at >= b.starts_at AND r.created_at < b.starts_at + $2::interval
+    GROUP BY 1
+), finished AS (
+    SELECT floor(extract(epoch FROM r.updated_at - b.starts_at) / $1)::int AS bucket,
+           count(*) AS n,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY r.updated_at - r.created_at) AS p50,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY r.updated_at - r.created_at) AS p99
+    FROM recent AS r, bounds AS b
+    WHERE r.status = ANY($5::text[])
+      AND r.updated_at >= b.starts_at AND r.updated_at < b.starts_at + $2::interval
+    GROUP BY 1
+)
+SELECT g.bucket, b.starts_at + g.bucket * make_interval(secs => $1) AS starts_at,
+       coalesce(p.n, 0) AS placed, coalesce(f.n, 0) AS finished, f.p50, f.p99,
+       (SELECT count(*) FROM recent) AS read
+FROM bounds AS b
+CROSS JOIN generate_series(0, (extract(epoch FROM $2::interval) / $1)::int - 1) AS g (bucket)
+LEFT JOIN placed AS p ON p.bucket = g.bucket
+LEFT JOIN finished AS f ON f.bucket = g.bucket
+ORDER BY g.bucket
+"""
+
+
+def chart_of(rows: list[Any], step: float, window: timedelta, limit: int) -> dict[str, Any]:
+    """The chart's JSON from the rows of CHART_SERIES: rates per second, latencies in seconds
+    (None for a bucket where no order finished)."""
+    return {
+        "step_seconds": step,
+        "window_seconds": window.total_seconds(),
+        "limit": limit,
+        # The newest `limit` orders were all read: older buckets may lack some.
+        "capped": bool(rows) and rows[0]["read"] >= limit,
+        "points": [
+            {
+                "at": row["starts_at"],
+                "placed_per_second": row["placed"] / step,
+                "finished_per_second": row["finished"] / step,
+                "p50_seconds": _seconds_of(row["p50"]),
+                "p99_seconds": _seconds_of(row["p99"]),
+            }
+            for row in rows
+        ],
+    }
+
+
+def _seconds_of(value: timedelta | None) -> float | None:
+    return value.total_seconds() if value is not None else None
+
+
+def stuck_of(waiting: list[WaitingOrder], after: float, limit: int) -> dict[str, Any]:
+    """The stuck orders' JSON: each with where it waits, in words and as fields."""
+    return {
+        "after_seconds": after,
+        "limit": limit,
+        "orders": [
+            {
+                "id": str(order.order_id),
+                "status": order.status,
+                "placed_at": order.placed_at,
+                "stage": order.stage.value,
+                "since": order.since,
+                "event_type": order.event_type,
+                "services": list(order.services),
+                "queues": list(order.queues),
+                "where": mask_emails_in(order.describe()),
+            }
+            for order in waiting
+        ],
+    }
+
+
 class Snapshots:
     """What the board shows, read from the database and from RabbitMQ."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        dead_letter_reads: asyncio.Lock | None = None,
+    ) -> None:
         self._pool = pool
+        self._settings = settings
+        # Shared with the app's dead-letter routes (board_dead_letters.dead_letter_reads).
+        self._dead_letter_reads = dead_letter_reads or asyncio.Lock()
         self._broker = QueueGauge(settings)
         self._counts: dict[str, Any] | None = None
         self._counted_at = -COUNTS_INTERVAL
+        self._chart: dict[str, Any] | None = None
+        self._charted_at = -CHART_INTERVAL
+        self._stuck: dict[str, Any] | None = None
+        self._stuck_at = -STUCK_INTERVAL
+        self._stuck_look: asyncio.Task[None] | None = None
 
     async def take(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = {"interval": INTERVAL}
@@ -297,7 +428,37 @@ class Snapshots:
         queues, problem = await self._broker.read()
         snapshot["queues"] = queues
         snapshot["broker"] = problem
+        looking = self._stuck_look is not None and not self._stuck_look.done()
+        if not looking and time.monotonic() - self._stuck_at >= STUCK_INTERVAL:
+            self._stuck_at = time.monotonic()
+            self._stuck_look = asyncio.create_task(self._look_for_stuck(), name="board stuck")
+        if self._stuck_look is not None and not self._stuck_look.done():
+            await asyncio.wait({self._stuck_look}, timeout=STUCK_WAIT)
+        snapshot["stuck"] = self._stuck
         return snapshot
+
+    async def _look_for_stuck(self) -> None:
+        self._stuck = await self._find_stuck()
+
+    async def _find_stuck(self) -> dict[str, Any] | None:
+        """The orders not final BOARD_STUCK_AFTER after they were placed, with where they wait;
+        the last ones found when they cannot be read now."""
+        after = self._settings.board_stuck_after
+        try:
+            # The dead-letter queues are read holding their messages: not while a dry run or a
+            # replay of the board reads them, which would then miss some.
+            async with asyncio.timeout(STUCK_BUDGET), self._dead_letter_reads:
+                waiting = await where_orders_wait(
+                    self._pool, self._settings, timedelta(seconds=after), STUCK_SHOWN
+                )
+        except DATABASE_ERRORS as exc:
+            logger.warning("board: could not look for stuck orders: %r", exc)
+            return self._stuck
+        except (AMQPError, OSError, TimeoutError, RuntimeError, LookupError) as exc:
+            # LookupError: a dead-letter queue not declared (yet).
+            logger.warning("board: could not look for stuck orders: %r", exc)
+            return self._stuck
+        return stuck_of(waiting, after, STUCK_SHOWN)
 
     async def _database(self) -> dict[str, Any]:
         async with self._pool.acquire() as conn:
@@ -314,6 +475,18 @@ class Snapshots:
             if time.monotonic() - self._counted_at >= COUNTS_INTERVAL:
                 self._counts = await self._count_statuses(conn)
                 self._counted_at = time.monotonic()
+            if time.monotonic() - self._charted_at >= CHART_INTERVAL:
+                rows = await conn.fetch(
+                    CHART_SERIES,
+                    CHART_STEP,
+                    CHART_WINDOW,
+                    CHART_MARGIN,
+                    CHART_LIMIT,
+                    sorted(FINAL_STATUSES),
+                    timeout=QUERY_TIMEOUT,
+                )
+                self._chart = chart_of(rows, CHART_STEP, CHART_WINDOW, CHART_LIMIT)
+                self._charted_at = time.monotonic()
         oldest = waiting.oldest_age
         return {
             "at": waiting.at,
@@ -334,6 +507,7 @@ class Snapshots:
                 for row in orders
             ],
             "counts": self._counts,
+            "chart": self._chart,
         }
 
     async def _count_statuses(self, conn: Connection) -> dict[str, Any]:
@@ -361,6 +535,9 @@ class Snapshots:
         }
 
     async def close(self) -> None:
+        if self._stuck_look is not None:
+            self._stuck_look.cancel()
+            await asyncio.gather(self._stuck_look, return_exceptions=True)
         await self._broker.close()
 
 

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, status
 
-from acme_orders.ops.timeline import Timeline, order_timeline
+from acme_orders.ops.timeline import Timeline, hop_lags, order_timeline
 from acme_orders.order_api.deps import Pool, Reader
 from acme_orders.order_api.responses import problems
 from acme_orders.order_api.schemas import EventHandling, OrderEventOut, OrderTimeline
@@ -17,7 +17,8 @@ timeline = APIRouter(prefix="/orders", tags=["orders"])
 @timeline.get("/{order_id}/events", responses=problems(401, 403, 404, 422, 429, 503))
 async def get_order_events(order_id: UUID, pool: Pool, caller: Reader) -> OrderTimeline:
     """Every event of the order in causal order: its type and routing key, the service that
-    emitted it, when it occurred and was published, and when each consuming service handled it.
+    emitted it, when it occurred and was published, and when each consuming service handled it,
+    with the time it spent in each hop: the outbox, the broker, and the consumer.
     The same rule as GET /orders/{id}: an orders:write key sees only the orders it placed."""
     found = await order_timeline(pool, order_id, only_of=caller.only_orders_of)
     if found is None:
@@ -39,8 +40,16 @@ def timeline_out(found: Timeline) -> OrderTimeline:
                 occurred_at=event.occurred_at,
                 recorded_at=event.recorded_at,
                 published_at=event.published_at,
+                outbox_seconds=hop_lags(event, None).outbox,
                 handled_by=[
-                    EventHandling(service=h.service, queue=h.queue, processed_at=h.processed_at)
+                    EventHandling(
+                        service=h.service,
+                        queue=h.queue,
+                        processed_at=h.processed_at,
+                        received_at=h.received_at,
+                        broker_seconds=hop_lags(event, h).broker,
+                        handling_seconds=hop_lags(event, h).handling,
+                    )
                     for h in event.handled_by
                 ],
                 correlation_id=event.correlation_id,
