@@ -126,6 +126,11 @@ WHERE o.status IN ('pending', 'reserved')
 """
 
 
+# Dead letters read per queue to find where an unhandled event is parked: a DLQ grown huge is not
+# read whole every time the board looks (an event parked further back shows as in the broker).
+DEAD_LETTERS_READ = 1000
+
+
 async def where_orders_wait(
     pool: asyncpg.Pool,
     settings: Settings,
@@ -136,7 +141,8 @@ async def where_orders_wait(
 ) -> list[WaitingOrder]:
     """The first `limit` orders, oldest first, not final `older_than` after they were placed,
     and where each waits. The dead-letter queues are read (and every message left in place, in
-    its order: ops/dead_letters.py) only for events published and not handled; with
+    its order: ops/dead_letters.py), the first DEAD_LETTERS_READ of each, only for events
+    published and not handled; with
     `read_dead_letters` false, or when nothing is unhandled, RabbitMQ is not asked at all, and
     an unhandled event is reported as waiting in the broker."""
     if limit < 1:
@@ -147,7 +153,9 @@ async def where_orders_wait(
     if read_dead_letters:
         queues = sorted({sub.queue.name for row in rows for sub in unhandled_subscriptions(row)})
         if queues:
-            parked = dead_letters_by_event(await dead_letters.list_dead_letters(settings, queues))
+            parked = dead_letters_by_event(
+                await dead_letters.list_dead_letters(settings, queues, limit=DEAD_LETTERS_READ)
+            )
     return [waiting_order(row, parked) for row in rows]
 
 
