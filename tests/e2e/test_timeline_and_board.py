@@ -27,12 +27,12 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
-from playwright.async_api import Page, Request
+from playwright.async_api import Page
 
 from acme_orders.core.topology import QUEUES
 from acme_orders.ops.api_keys import Scope, create_key, revoke_key
 from acme_orders.services import SERVICES, WORKERS
-from tests.support.browser import PAGE_DEADLINE_MS, chromium, kept_if_it_fails
+from tests.support.browser import watched_page
 from tests.support.environment import create_environment, drop_environment
 from tests.support.processes import OUTPUT_DIR, ServiceProcess, acme_orders, free_port, stop_all
 from tests.support.products import NewProduct, add_product
@@ -194,30 +194,14 @@ async def test_the_board_shows_orders_reaching_paid_and_the_timeline_of_one(
     system: System,
 ) -> None:
     base = str(system.client.base_url).rstrip("/")
-    elsewhere: list[str] = []
-    problems: list[str] = []
-    console: list[str] = []
-
-    def note_request(request: Request) -> None:
-        if not request.url.startswith(base + "/"):
-            elsewhere.append(request.url)
-
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     screenshot = OUTPUT_DIR / "board-orders.png"
-    async with chromium() as browser:
-        page = await browser.new_page(viewport={"width": 1440, "height": 900})
-        page.set_default_timeout(PAGE_DEADLINE_MS)
-        page.on("request", note_request)
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        async with kept_if_it_fails(page, "board", console, problems):
-            await watch_orders_on_the_board(page, system, base)
-        await page.screenshot(path=str(screenshot), full_page=True)
+    async with watched_page(base, "board") as watched:
+        await watch_orders_on_the_board(watched.page, system, base)
+        await watched.page.screenshot(path=str(screenshot), full_page=True)
 
     assert screenshot.stat().st_size > 10_000
-    assert not problems, problems
-    assert not [line for line in console if line.startswith("error")], console
-    assert not elsewhere, f"the board loaded from elsewhere: {elsewhere}"
+    watched.assert_clean()
 
 
 @pytest.fixture
@@ -361,29 +345,13 @@ async def test_the_operators_board_shows_the_chart_stuck_orders_and_replays_a_de
 ) -> None:
     system = operator_system
     base = str(system.client.base_url).rstrip("/")
-    elsewhere: list[str] = []
-    problems: list[str] = []
-    console: list[str] = []
-
-    def note_request(request: Request) -> None:
-        if not request.url.startswith(base + "/"):
-            elsewhere.append(request.url)
-
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     screenshot = OUTPUT_DIR / "board.png"
-    async with chromium() as browser:
-        page = await browser.new_page(viewport={"width": 1440, "height": 900})
-        page.set_default_timeout(PAGE_DEADLINE_MS)
-        page.on("request", note_request)
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-        async with kept_if_it_fails(page, "operator-board", console, problems):
-            await work_the_operators_board(page, system, base, screenshot)
+    async with watched_page(base, "operator-board") as watched:
+        await work_the_operators_board(watched.page, system, base, screenshot)
 
     assert screenshot.stat().st_size > 10_000
-    assert not problems, problems
-    assert not [line for line in console if line.startswith("error")], console
-    assert not elsewhere, f"the board loaded from elsewhere: {elsewhere}"
+    watched.assert_clean()
     # The replay was the board's, and the log says who made it and which message.
     assert "board: " in system.processes["api"].log()
     assert "replayed 1 message(s)" in system.processes["api"].log()

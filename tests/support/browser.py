@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, Request, async_playwright
 
 from tests.support.processes import OUTPUT_DIR
 
@@ -54,3 +55,42 @@ async def kept_if_it_fails(page: Page, name: str, *logs: list[str]) -> AsyncIter
         lines = [line for log in logs for line in log]
         (OUTPUT_DIR / f"{name}-failure.console.txt").write_text("\n".join(lines))
         raise
+
+
+@dataclass
+class WatchedPage:
+    """A page of our own site, with what it did besides: requests to anywhere but `base`, its
+    errors, and its console."""
+
+    page: Page
+    elsewhere: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        """No error, no console error, nothing loaded from another site."""
+        assert not self.problems, self.problems
+        assert not [line for line in self.console if line.startswith("error")], self.console
+        assert not self.elsewhere, f"the page loaded from elsewhere: {self.elsewhere}"
+
+
+@asynccontextmanager
+async def watched_page(base: str, name: str) -> AsyncIterator[WatchedPage]:
+    """A 1440x900 page in a fresh Chromium, watched (WatchedPage) and kept as `name` if what it
+    wraps fails (kept_if_it_fails)."""
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(PAGE_DEADLINE_MS)
+        watched = WatchedPage(page)
+
+        def note_request(request: Request) -> None:
+            if not request.url.startswith(base + "/"):
+                watched.elsewhere.append(request.url)
+
+        page.on("request", note_request)
+        page.on("pageerror", lambda error: watched.problems.append(str(error)))
+        page.on(
+            "console", lambda message: watched.console.append(f"{message.type}: {message.text}")
+        )
+        async with kept_if_it_fails(page, name, watched.console, watched.problems):
+            yield watched
