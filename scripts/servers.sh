@@ -358,7 +358,11 @@ start_rabbitmq() {
     if [ -d /run/systemd/system ]; then
         systemctl start rabbitmq-server
     else
-        rabbitmq-server -detached >/dev/null
+        # systemd's unit gives RabbitMQ LimitNOFILE=65536; started from a shell it would inherit
+        # this one's limit, often 1024: about 900 file handles, which the quorum queues of a few
+        # test runs use up, and from then on every new connection waits for one, for ever.
+        (ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+            exec rabbitmq-server -detached) >/dev/null
     fi
 }
 
