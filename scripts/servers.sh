@@ -358,11 +358,21 @@ start_rabbitmq() {
     if [ -d /run/systemd/system ]; then
         systemctl start rabbitmq-server
     else
-        # systemd's unit gives RabbitMQ LimitNOFILE=65536; started from a shell it would inherit
-        # this one's limit, often 1024: about 900 file handles, which the quorum queues of a few
-        # test runs use up, and from then on every new connection waits for one, for ever.
-        (ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-            exec rabbitmq-server -detached) >/dev/null
+        # systemd's unit gives RabbitMQ LimitNOFILE=65536. Started by root from a shell, Debian's
+        # wrapper su's to rabbitmq and PAM gives it the default 1024: about 900 file handles,
+        # which the quorum queues of a few test runs use up, and from then on every new
+        # connection waits for one, for ever. So the limit is raised here and the wrapper run as
+        # rabbitmq already (setpriv: no PAM), which then starts the server with this limit.
+        if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && id rabbitmq >/dev/null 2>&1; then
+            (
+                ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+                cd /var/lib/rabbitmq
+                HOME=/var/lib/rabbitmq exec setpriv --reuid=rabbitmq --regid=rabbitmq \
+                    --init-groups rabbitmq-server -detached
+            ) >/dev/null
+        else
+            rabbitmq-server -detached >/dev/null
+        fi
     fi
 }
 
