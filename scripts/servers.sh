@@ -361,8 +361,9 @@ start_rabbitmq() {
         # systemd's unit gives RabbitMQ LimitNOFILE=65536. Started by root from a shell, Debian's
         # wrapper su's to rabbitmq and PAM gives it the default 1024: about 900 file handles,
         # which the quorum queues of a few test runs use up, and from then on every new
-        # connection waits for one, for ever. So the limit is raised here and the wrapper run as
-        # rabbitmq already (setpriv: no PAM), which then starts the server with this limit.
+        # connection waits for one, for ever. So the limit is raised here (to 65536, or the hard
+        # limit if that is lower) and the wrapper run as rabbitmq already (setpriv: no PAM),
+        # which then starts the server with this limit.
         if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && id rabbitmq >/dev/null 2>&1; then
             (
                 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
