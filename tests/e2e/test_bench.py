@@ -29,36 +29,22 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> None:
-    output = tmp_path / "b.json"
-
-    run = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(ACME_ORDERS),
-            "bench",
-            "--rate",
-            "50",
-            "--duration",
-            "3",
-            "--warmup",
-            "1",
-            "--ceiling-seconds",
-            "1",
-            "--output",
-            str(output),
-            "--rabbitmqctl",
-            shlex.join(RABBITMQCTL),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    run, result = await bench(
+        tmp_path,
+        "--rate",
+        "50",
+        "--duration",
+        "3",
+        "--warmup",
+        "1",
+        "--ceiling-seconds",
+        "1",
+        ceilings=True,
+        within=120,
     )
 
-    assert run.returncode == 0, run.stdout + run.stderr
     assert "end to end" in run.stdout
     assert "ceiling: database only" in run.stdout
-    result = json.loads(output.read_text())
     figures = result["figures"]
     assert figures["accepted_per_second"] > 0
     assert figures["end_to_end_per_second"] > 0
@@ -84,29 +70,8 @@ async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> N
 
 
 async def test_bench_drain_measures_the_publisher_alone_and_removes_it(tmp_path: Path) -> None:
-    output = tmp_path / "d.json"
+    _, result = await bench(tmp_path, "--drain", "2000", within=120)
 
-    run = await asyncio.to_thread(
-        subprocess.run,
-        [
-            str(ACME_ORDERS),
-            "bench",
-            "--drain",
-            "2000",
-            "--no-ceilings",
-            "--output",
-            str(output),
-            "--rabbitmqctl",
-            shlex.join(RABBITMQCTL),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-    assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads(output.read_text())
     assert result["mode"] == "publisher drain"
     figures = result["figures"]
     assert figures["drained"]
@@ -134,9 +99,14 @@ async def test_bench_drain_refuses_a_rate() -> None:
 
 
 async def bench(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ceilings: bool = False,
+    within: float = 180,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """`acme-orders bench ARGS... --no-ceilings`, its JSON results."""
+    """`acme-orders bench ARGS...` (with `--no-ceilings` unless `ceilings`), which must succeed;
+    what it printed, and its JSON results. `within`: seconds before the run is killed."""
     output = tmp_path / "bench.json"
     run = await asyncio.to_thread(
         subprocess.run,
@@ -144,7 +114,7 @@ async def bench(
             str(ACME_ORDERS),
             "bench",
             *args,
-            "--no-ceilings",
+            *([] if ceilings else ["--no-ceilings"]),
             "--output",
             str(output),
             "--rabbitmqctl",
@@ -152,7 +122,7 @@ async def bench(
         ],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=within,
         check=False,
         env=env,
     )
