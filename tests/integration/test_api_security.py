@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from acme_orders.core.settings import Settings
 from acme_orders.ops.api_keys import Scope, create_key, revoke_key
 from acme_orders.order_api.app import create_app
-from tests.support.api import api_client, app_client
+from tests.support.api import api_client, app_client, key_headers
 from tests.support.products import NewProduct
 from tests.support.waiting import wait_until
 
@@ -49,8 +49,7 @@ def new_key(pool: asyncpg.Pool) -> NewKey:
     """A key of the test's own; returns the headers that send it."""
 
     async def make(scope: Scope) -> dict[str, str]:
-        token = await create_key(pool, f"test-{secrets.token_hex(6)}", scope)
-        return {"Authorization": f"Bearer {token}"}
+        return await key_headers(pool, scope)
 
     return make
 

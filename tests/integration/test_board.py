@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import secrets
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,9 +19,9 @@ from aio_pika.abc import AbstractChannel
 
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED, QueueSpec
-from acme_orders.ops.api_keys import Scope, create_key
+from acme_orders.ops.api_keys import Scope
 from acme_orders.order_api.routes.board import CHART_STEP, CHART_WINDOW, Snapshots
-from tests.support.api import api_client, one_line_order
+from tests.support.api import api_client, key_headers, one_line_order
 from tests.support.environment import TestEnvironment
 from tests.support.products import add_product
 from tests.support.waiting import wait_until
@@ -175,11 +174,6 @@ async def keyed_api(fresh_env: TestEnvironment) -> AsyncIterator[httpx.AsyncClie
     settings = fresh_env.settings().model_copy(update={"auth_disabled": False})
     async with api_client(settings) as client:
         yield client
-
-
-async def key_headers(pool: asyncpg.Pool, scope: Scope) -> dict[str, str]:
-    token = await create_key(pool, f"test-{secrets.token_hex(6)}", scope)
-    return {"Authorization": f"Bearer {token}"}
 
 
 REPLAY = f"/board/dead-letters/{QUEUE.name}/replay"

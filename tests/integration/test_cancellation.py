@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -21,11 +20,11 @@ from acme_orders.core.events import InventoryReserved, OrderCancelled, OrderLine
 from acme_orders.core.orders import CancelReason
 from acme_orders.core.settings import Settings
 from acme_orders.inventory.stock import release_stock, reserve_stock
-from acme_orders.ops.api_keys import Scope, create_key
+from acme_orders.ops.api_keys import Scope
 from acme_orders.payment.charge import charge_orders
 from acme_orders.payment.gateway import SimulatedGateway
 from acme_orders.publisher.expiry import DUE_ORDERS, expire_due_orders
-from tests.support.api import api_client
+from tests.support.api import api_client, key_headers
 from tests.support.products import NewProduct, stock_of
 from tests.support.waiting import wait_until
 
@@ -39,11 +38,6 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     }
     async with api_client(settings.model_copy(update=update)) as client:
         yield client
-
-
-async def key_headers(pool: asyncpg.Pool, scope: Scope = Scope.ORDERS_WRITE) -> dict[str, str]:
-    token = await create_key(pool, f"test-{secrets.token_hex(6)}", scope)
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def place(api: httpx.AsyncClient, headers: dict[str, str], sku: str) -> dict[str, Any]:

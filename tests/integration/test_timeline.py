@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -22,9 +21,9 @@ from aio_pika.abc import AbstractChannel
 
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import INVENTORY_ORDER_PLACED
-from acme_orders.ops.api_keys import Scope, create_key
+from acme_orders.ops.api_keys import Scope
 from acme_orders.order_api.routes.board import Snapshots, snapshot_event
-from tests.support.api import api_client, one_line_order
+from tests.support.api import api_client, key_headers, one_line_order
 from tests.support.environment import TestEnvironment
 from tests.support.processes import acme_orders, free_port
 from tests.support.products import NewProduct, add_product
@@ -42,11 +41,6 @@ async def running_api(settings: Settings, *, auth: bool) -> AsyncIterator[httpx.
 async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with running_api(settings, auth=True) as client:
         yield client
-
-
-async def key_headers(pool: asyncpg.Pool, scope: Scope) -> dict[str, str]:
-    token = await create_key(pool, f"test-{secrets.token_hex(6)}", scope)
-    return {"Authorization": f"Bearer {token}"}
 
 
 def when(text: str) -> datetime:

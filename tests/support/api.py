@@ -3,13 +3,16 @@ is open) behind an httpx client; and the body of a simple order."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
 from acme_orders.core.settings import Settings
+from acme_orders.ops.api_keys import Scope, create_key
 from acme_orders.order_api.app import create_app
 
 
@@ -34,3 +37,9 @@ async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The API of these settings, called in-process."""
     async with app_client(create_app(settings)) as client:
         yield client
+
+
+async def key_headers(pool: asyncpg.Pool, scope: Scope = Scope.ORDERS_WRITE) -> dict[str, str]:
+    """A new API key of the test's own, of `scope`: the headers that send it."""
+    token = await create_key(pool, f"test-{secrets.token_hex(6)}", scope)
+    return {"Authorization": f"Bearer {token}"}
