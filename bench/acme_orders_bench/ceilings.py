@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import re
@@ -98,13 +99,14 @@ def _per_order(expression: str, batch: int, per_line: str | None = None) -> str:
 
 def pgbench_script(skus: list[str], batch: int = 1, claim_limit: int = 500) -> str:
     """One pgbench transaction = a batch of `batch` orders through the pipeline, statement for
-    statement: the services' own statements (order_api.store.PLACE_ORDER,
+    statement: the services' own statements (order_api.store.PLACE_ORDERS,
     core.consumer.RECORD_PROCESSED, core.orders, inventory.stock, payment.charge,
     notification.email, core.outbox) with their parameters bound to pgbench expressions. The API
-    places each order with a statement (and commit) of its own; each consumer handles the batch's
-    events in one transaction, as a consumer handles what it received up to PREFETCH_COUNT; then
-    the publisher claims up to `claim_limit` (OUTBOX_BATCH_SIZE) NEW rows and marks them SENT. No
-    messaging, no Python: only the database's cost. `batch` 1 is the pipeline at low rates, where
+    stores the batch's orders with one statement (and commit), as its group commit stores the
+    orders that arrived together; each consumer handles the batch's events in one transaction, as
+    a consumer handles what it received up to PREFETCH_COUNT; then the publisher claims up to
+    `claim_limit` (OUTBOX_BATCH_SIZE) NEW rows and marks them SENT. No messaging, no Python: only
+    the database's cost. `batch` 1 is the pipeline at low rates, where
     every batch holds one event; PREFETCH_COUNT is the pipeline flat out.
 
     The orders of a batch take the same 1 to 3 consecutive SKUs of the sorted catalogue (a slice
@@ -117,7 +119,6 @@ def pgbench_script(skus: list[str], batch: int = 1, claim_limit: int = 500) -> s
     # A space after each ":" of the slice: pgbench would read ":CAST" as a variable.
     lines = f"(ARRAY[{quoted}]::text[])[CAST(:lo AS int) : CAST(:hi AS int)]"
     line_count = "(CAST(:hi AS int) - CAST(:lo AS int) + 1)"
-    qtys = f"array_fill(CAST(:qty AS int), ARRAY[{line_count}])"
     placed, reserved, paid = _sample_events()
     email = "'b' || :cust || '@example.com'"
     orders_of_batch = _per_order(_order_uuid("order", "k"), batch)
@@ -151,26 +152,25 @@ def pgbench_script(skus: list[str], batch: int = 1, claim_limit: int = 500) -> s
             )
         )
 
-    place_orders = "\n".join(
-        bound(
-            store.PLACE_ORDER,
-            _order_uuid("order", str(k)),
-            "'B' || :cust",
-            email,
-            "117.90",
-            lines,
-            qtys,
-            f"(SELECT array_agg(price ORDER BY sku) FROM products WHERE sku = ANY({lines}))",
-            _order_uuid("placed", str(k)),
-            f"'{placed.event_type}'",
-            f"'{placed.routing_key}'",
-            _payload(placed),
-            "NULL::text",
-            "NULL::text",
-            "NULL::bigint",
-            "NULL::jsonb",
-        )
-        for k in range(1, batch + 1)
+    per_line = functools.partial(_per_order, batch=batch, per_line=line_count)
+    place_orders = bound(
+        store.PLACE_ORDERS,
+        orders_of_batch,
+        each("CAST('B' || :cust AS text)"),
+        each(f"CAST({email} AS text)"),
+        each("117.90::numeric"),
+        each("NULL::bigint"),
+        each("NULL::text"),
+        each("NULL::text"),
+        ids[placed],
+        each(f"CAST('{placed.event_type}' AS text)"),
+        each(f"CAST('{placed.routing_key}' AS text)"),
+        each(_payload(placed)),
+        each("NULL::jsonb"),
+        per_line(_order_uuid("order", "k")),
+        per_line(f"({lines})[j]"),
+        per_line("CAST(:qty AS int)"),
+        per_line(f"(SELECT price FROM products WHERE sku = ({lines})[j])"),
     )
     record_reservations = bound(
         stock.RECORD_RESERVATIONS,
@@ -208,7 +208,7 @@ def pgbench_script(skus: list[str], batch: int = 1, claim_limit: int = 500) -> s
 \\set qty random(1, 3)
 \\set cust random(1, 100000)
 \\set seed random(1, 9223372036854775806)
--- API: each order, its lines at current prices, its OrderPlaced, in one statement and commit
+-- API: the orders, their lines at current prices, their OrderPlaced, in one statement and commit
 {place_orders}
 -- inventory: reserve every line of the batch's orders, their InventoryReserved
 {handling("inventory", placed)}

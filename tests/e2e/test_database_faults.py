@@ -269,6 +269,7 @@ async def store_and_relay(deployed: Deployment, skus: list[str], count: int) -> 
     the test's own connections; their ids."""
     shape = random.Random(41)
     prices = store.PriceBook()
+    writer = store.OrderWriter(deployed.pool, max_batch=1, in_flight=1)
     ids = set()
     for n in range(count):
         lines = shape.sample(skus, shape.randint(1, 3))
@@ -279,7 +280,7 @@ async def store_and_relay(deployed: Deployment, skus: list[str], count: int) -> 
                 "items": [{"sku": sku, "qty": shape.randint(1, 2)} for sku in lines],
             }
         )
-        ids.add(str((await store.place_order(deployed.pool, prices, request)).order.id))
+        ids.add(str((await store.place_order(writer, prices, request)).order.id))
     broker = await connect_once(Settings(rabbitmq_url=deployed.env.rabbitmq_url), "test")
     async with broker:
         exchange = await declare_exchange(await broker.channel(publisher_confirms=True))

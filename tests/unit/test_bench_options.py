@@ -102,7 +102,7 @@ def normalised(statement: str) -> str:
 @pytest.mark.parametrize(
     "statement",
     [
-        store.PLACE_ORDER,
+        store.PLACE_ORDERS,
         consumer.RECORD_PROCESSED,
         orders.LOCK_ORDERS,
         orders.SET_STATUSES,
@@ -142,12 +142,13 @@ def test_instances_need_a_system_of_the_benchs_own(changes: dict[str, object]) -
         options(**changes).validate()
 
 
-def test_the_database_ceiling_batches_as_the_consumers_do() -> None:
-    """The API places each order with a statement of its own; each consumer handles the batch's
-    events in one transaction; the publisher claims up to OUTBOX_BATCH_SIZE rows."""
+def test_the_database_ceiling_batches_as_the_services_do() -> None:
+    """The API stores the batch's orders with one statement (its group commit); each consumer
+    handles the batch's events in one transaction; the publisher claims up to OUTBOX_BATCH_SIZE
+    rows."""
     script = ceilings.pgbench_script(["A-1", "B-2", "C-3"], batch=3, claim_limit=200)
 
-    assert script.count("INSERT INTO orders ") == 3
+    assert script.count("INSERT INTO orders ") == 1
     # inventory, payment, notification, publisher: one transaction each for the whole batch.
     assert script.count("BEGIN;") == 4
     assert "generate_series(1, 3)" in script

@@ -15,7 +15,7 @@ from acme_orders.core.events import Event
 from acme_orders.core.observability import tracing
 
 # The columns an event is written with, in the order of every outbox insert (here and the API's
-# PLACE_ORDER, which stores an order and its OrderPlaced in one statement).
+# PLACE_ORDERS, which stores orders and their OrderPlaced in one statement).
 EVENT_COLUMNS = "event_id, event_type, routing_key, order_id, payload, trace_context"
 # A batch of events, one array per column: one statement, one round trip, however many events.
 INSERT_EVENTS = f"""

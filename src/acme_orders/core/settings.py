@@ -190,6 +190,25 @@ class Settings(BaseSettings):
             "stored is, and the request is answered 503 with Retry-After."
         ),
     )
+    api_insert_batch: int = Field(
+        64,
+        ge=1,
+        le=1000,
+        description=(
+            "Most orders the API stores with one statement and one commit: the orders that "
+            "arrive while its last insert runs go into the next one together (group commit), "
+            "each answered once it committed. 1: every order its own statement."
+        ),
+    )
+    api_inserts_in_flight: int = Field(
+        1,
+        ge=1,
+        le=200,
+        description=(
+            "Inserts of orders the API runs at once (each holding up to API_INSERT_BATCH orders); "
+            "more are fewer orders per commit. At most DB_POOL_SIZE."
+        ),
+    )
     api_limit_concurrency: int = Field(
         1000,
         ge=2,

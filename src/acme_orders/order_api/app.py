@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from acme_orders import __version__
 from acme_orders.core.database import DATABASE_ERRORS, close_pool, create_pool, is_transient
+from acme_orders.core.observability.metrics import export_api_metrics
 from acme_orders.core.settings import Settings, get_settings
 from acme_orders.ops.api_keys import ApiKeyCache
 from acme_orders.order_api.body_limit import BodySizeLimit
@@ -30,7 +31,7 @@ from acme_orders.order_api.routes.metrics import metrics
 from acme_orders.order_api.routes.orders import orders
 from acme_orders.order_api.routes.products import products
 from acme_orders.order_api.routes.timeline import timeline
-from acme_orders.order_api.store import PriceBook
+from acme_orders.order_api.store import OrderWriter, PriceBook
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=settings.api_db_acquire_timeout,
         )
         app.state.price_book = PriceBook()
+        app.state.order_writer = OrderWriter(
+            app.state.pool,
+            max_batch=settings.api_insert_batch,
+            in_flight=settings.api_inserts_in_flight,
+        )
         log_access_policy(settings)
         try:
             yield
         finally:
             await app.state.api_keys.close()
+            await app.state.order_writer.close()
             await close_pool(app.state.pool)
 
     app = FastAPI(
@@ -79,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    export_api_metrics()
     app.state.order_rate_limit = (
         TokenBucketLimiter(settings.rate_limit_orders_per_second, settings.rate_limit_burst)
         if settings.rate_limit_orders_per_second > 0

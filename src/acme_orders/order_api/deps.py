@@ -1,6 +1,6 @@
 """Every dependency the API's routes take, as `Annotated` aliases: the pool, the price book, the
-request's id, and who the caller is (with the scope and the rate limit each route needs). Routes
-import what they take from here."""
+order writer, the request's id, and who the caller is (with the scope and the rate limit each
+route needs). Routes import what they take from here."""
 
 from __future__ import annotations
 
@@ -40,6 +40,14 @@ async def get_price_book(request: Request) -> store.PriceBook:
 
 
 Prices = Annotated[store.PriceBook, Depends(get_price_book)]
+
+
+async def get_order_writer(request: Request) -> store.OrderWriter:
+    order_writer: store.OrderWriter = request.app.state.order_writer
+    return order_writer
+
+
+OrderWriter = Annotated[store.OrderWriter, Depends(get_order_writer)]
 
 
 async def get_request_id(request: Request) -> str:

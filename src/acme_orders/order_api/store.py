@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from acme_orders.core.cancellation import cancel_orders
-from acme_orders.core.database import Connection
+from acme_orders.core.database import Connection, is_transient
 from acme_orders.core.events import OrderLine, OrderPlaced
 from acme_orders.core.observability import tracing
+from acme_orders.core.observability.metrics import API_ORDERS_PER_INSERT
 from acme_orders.core.orders import CANCELLABLE_STATUSES, CancelReason, OrderStatus
 from acme_orders.core.outbox import EVENT_COLUMNS
+from acme_orders.order_api.group_commit import GroupCommit
 from acme_orders.order_api.paging import Position
 from acme_orders.order_api.schemas import OrderLineOut, OrderOut, PlaceOrder, ProductOut
 
@@ -84,8 +88,41 @@ class PriceBook:
         return {sku: self._prices[sku] for sku in skus if sku in self._prices}
 
 
+class OrderWriter:
+    """Stores orders with group commit (see group_commit): the orders that arrive while one insert
+    runs go into the next statement together. `max_batch` orders at most in a statement, at most
+    `in_flight` statements at once; `max_batch` 1 stores each order with a statement of its own."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int, in_flight: int) -> None:
+        self.pool = pool
+        self._group: GroupCommit[_PreparedOrder, _Stored] = GroupCommit(
+            self._insert,
+            max_batch=max_batch,
+            in_flight=in_flight,
+            # An error that is not an outage may be one order's (a value the schema refuses):
+            # the others are stored without it.
+            alone_after=lambda error: not is_transient(error),
+        )
+
+    async def insert(self, order: _PreparedOrder) -> _Stored:
+        return await self._group.submit(order)
+
+    @property
+    def waiting(self) -> int:
+        """Orders ready to store that wait for the insert under way to end."""
+        return self._group.waiting
+
+    async def close(self) -> None:
+        await self._group.close()
+
+    async def _insert(self, orders: Sequence[_PreparedOrder]) -> list[_Stored]:
+        rows = await self.pool.fetch(PLACE_ORDERS, *_place_orders_arguments(orders))
+        API_ORDERS_PER_INSERT.observe(len(orders))
+        return _stored_outcomes(orders, rows)
+
+
 async def place_order(
-    pool: asyncpg.Pool,
+    writer: OrderWriter,
     price_book: PriceBook,
     request: PlaceOrder,
     idempotency_key: str | None = None,
@@ -105,15 +142,15 @@ async def place_order(
         idempotency_key = f"key {owner}: {idempotency_key}"
     if idempotency_key is not None:
         request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest()
-        earlier = await _order_for_key(pool, idempotency_key, request_hash)
+        earlier = await _order_for_key(writer.pool, idempotency_key, request_hash)
         if earlier is not None:
             return PlacedOrder(earlier, replayed=True)
     placement = _Placement(request, idempotency_key, request_hash, owner, correlation_id)
     try:
-        order = await _insert_order_retrying(pool, price_book, placement)
+        order = await _insert_order_retrying(writer, price_book, placement)
     except _KeyTakenMeanwhileError:
         assert idempotency_key is not None
-        earlier = await _order_for_key(pool, idempotency_key, request_hash)
+        earlier = await _order_for_key(writer.pool, idempotency_key, request_hash)
         assert earlier is not None
         return PlacedOrder(earlier, replayed=True)
     return PlacedOrder(order, replayed=False)
@@ -141,8 +178,30 @@ class _Placement:
     correlation_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _PreparedOrder:
+    """An order ready to store: its lines priced (sorted by SKU), its event built."""
+
+    placement: _Placement
+    lines: tuple[OrderLine, ...]
+    event: OrderPlaced
+    # The request's span, when tracing, taken in the request's own context (the insert runs in
+    # another task): publishing the event continues its trace.
+    trace_context: str | None
+
+
+class _Refused(enum.Enum):
+    """Why a statement did not store an order. Nothing of that order was stored."""
+
+    PRICES_CHANGED = "a line's price is not the product's price now"
+    KEY_TAKEN = "another request claimed the Idempotency-Key first"
+
+
+_Stored = OrderOut | _Refused
+
+
 async def _insert_order_retrying(
-    pool: asyncpg.Pool, price_book: PriceBook, placement: _Placement
+    writer: OrderWriter, price_book: PriceBook, placement: _Placement
 ) -> OrderOut:
     """The database may pick the insert as a deadlock or serialization victim, or a price may have
     changed since the price book read it; nothing was stored then, so it is simply run again (with
@@ -150,58 +209,26 @@ async def _insert_order_retrying(
     reload_prices = False
     for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
         try:
-            return await _insert_order(pool, price_book, placement, reload_prices)
-        except PricesChangedError:
-            if attempt == TRANSIENT_ATTEMPTS:
-                raise
-            reload_prices = True
+            prepared = await _prepare(writer.pool, price_book, placement, reload_prices)
+            stored = await writer.insert(prepared)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             if attempt == TRANSIENT_ATTEMPTS:
                 raise
             await asyncio.sleep(0.01 * attempt)
+            continue
+        if stored is _Refused.KEY_TAKEN:
+            raise _KeyTakenMeanwhileError
+        if stored is not _Refused.PRICES_CHANGED:
+            return stored
+        if attempt == TRANSIENT_ATTEMPTS:
+            raise PricesChangedError
+        reload_prices = True
     raise AssertionError("unreachable")
 
 
-# One statement: one round trip, and PostgreSQL runs it as one transaction, so the order, its
-# lines, its OrderPlaced row in the outbox and its Idempotency-Key are stored together or not at
-# all. Nothing is stored unless every line's price ($7) is the product's price now. With a key
-# ($12), nothing else is stored unless this statement claimed it: a concurrent request with the
-# same key waits here until the first commits, then finds the key taken. The one row returned says
-# whether the prices were current, and holds the order if it was stored. The outbox row has the
-# columns of every outbox insert (outbox.EVENT_COLUMNS); its trace context ($15) is NULL when not
-# tracing.
-PLACE_ORDER = f"""
-WITH current_prices AS (
-    SELECT count(*) = cardinality($5::text[]) AS ok
-    FROM unnest($5::text[], $7::numeric[]) AS line (sku, unit_price)
-    JOIN products AS p ON p.sku = line.sku AND p.price = line.unit_price
-), claimed_key AS (
-    INSERT INTO idempotency_keys (key, request_hash, order_id)
-    SELECT $12, $13, $1 FROM current_prices WHERE current_prices.ok AND $12::text IS NOT NULL
-    ON CONFLICT (key) DO NOTHING
-    RETURNING key
-), go AS (
-    SELECT current_prices.ok AND ($12::text IS NULL OR EXISTS (SELECT FROM claimed_key)) AS ok
-    FROM current_prices
-), new_order AS (
-    INSERT INTO orders (id, customer_id, email, total, api_key_id)
-    SELECT $1, $2, $3, $4, $14 FROM go WHERE go.ok
-    RETURNING {ORDER_COLUMNS}
-), new_lines AS (
-    INSERT INTO order_items (order_id, sku, qty, unit_price)
-    SELECT $1, line.* FROM go, unnest($5::text[], $6::int[], $7::numeric[]) AS line WHERE go.ok
-), new_event AS (
-    INSERT INTO event_outbox ({EVENT_COLUMNS})
-    SELECT $8, $9, $10, $1, $11::jsonb, $15::jsonb FROM go WHERE go.ok
-)
-SELECT current_prices.ok AS prices_current, new_order.*
-FROM current_prices LEFT JOIN new_order ON true
-"""
-
-
-async def _insert_order(
+async def _prepare(
     pool: asyncpg.Pool, price_book: PriceBook, placement: _Placement, reload_prices: bool
-) -> OrderOut:
+) -> _PreparedOrder:
     request = placement.request
     # Sorted, so that the foreign-key locks on products are taken in one order by everyone.
     lines_in = sorted(request.items, key=lambda line: line.sku)
@@ -210,43 +237,113 @@ async def _insert_order(
     unknown = [sku for sku in skus if sku not in prices]
     if unknown:
         raise UnknownSkuError(unknown)
-    lines = [
+    lines = tuple(
         OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku]) for line in lines_in
-    ]
-    total = sum((line.unit_price * line.qty for line in lines), Decimal("0.00"))
+    )
     event = OrderPlaced(
         order_id=uuid.uuid4(),
         customer_id=request.customer_id,
         email=request.email,
-        items=tuple(lines),
-        total=total,
+        items=lines,
+        total=sum((line.unit_price * line.qty for line in lines), Decimal("0.00")),
         correlation_id=placement.correlation_id,
     )
-    row = await pool.fetchrow(
-        PLACE_ORDER,
-        event.order_id,
-        request.customer_id,
-        request.email,
-        total,
-        skus,
-        [line.qty for line in lines],
-        [line.unit_price for line in lines],
-        event.event_id,
-        event.event_type,
-        event.routing_key,
-        event.model_dump_json(),
-        placement.idempotency_key,
-        placement.request_hash,
-        placement.owner,
-        # The request's span, when tracing: publishing the event continues its trace.
-        tracing.current_trace_context(),
-    )
-    assert row is not None
-    if not row["prices_current"]:
-        raise PricesChangedError
-    if row["id"] is None:
-        raise _KeyTakenMeanwhileError
-    return _order_out(row, [_line_out(line.sku, line.qty, line.unit_price) for line in lines])
+    return _PreparedOrder(placement, lines, event, tracing.current_trace_context())
+
+
+# One statement for a batch of orders (one array per column, one element per order; the lines
+# flattened, each naming its order): one round trip and one commit for all of them, as PostgreSQL
+# runs a statement as one transaction. Each order is stored with its lines, its OrderPlaced row in
+# the outbox and its Idempotency-Key, or nothing of it is; whether one order is stored does not
+# depend on the others. An order is stored only if every line's price ($16) is the product's price
+# now, and, with a key ($6), only if this statement claimed the key: a concurrent request with the
+# same key waits here until the first commits, then finds the key taken (as does the second of two
+# orders with one key in the same batch). One row comes back per order, in the batch's order: were
+# its prices current, and the order if it was stored. The outbox rows have the columns of every
+# outbox insert (outbox.EVENT_COLUMNS); a trace context ($12) is NULL when not tracing.
+PLACE_ORDERS = f"""
+WITH placement AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::numeric[], $5::bigint[], $6::text[], $7::text[],
+        $8::uuid[], $9::text[], $10::text[], $11::jsonb[], $12::jsonb[]
+    ) WITH ORDINALITY AS p (order_id, customer_id, email, total, api_key_id, key, request_hash,
+                            event_id, event_type, routing_key, payload, trace_context, position)
+), line AS (
+    SELECT * FROM unnest($13::uuid[], $14::text[], $15::int[], $16::numeric[])
+        AS l (order_id, sku, qty, unit_price)
+), priced AS (
+    SELECT line.order_id
+    FROM line LEFT JOIN products AS p ON p.sku = line.sku AND p.price = line.unit_price
+    GROUP BY line.order_id
+    HAVING count(p.sku) = count(*)
+), claimed_key AS (
+    INSERT INTO idempotency_keys (key, request_hash, order_id)
+    SELECT placement.key, placement.request_hash, placement.order_id
+    FROM placement JOIN priced USING (order_id)
+    WHERE placement.key IS NOT NULL
+    ORDER BY placement.position
+    ON CONFLICT (key) DO NOTHING
+    RETURNING order_id
+), go AS (
+    SELECT placement.* FROM placement JOIN priced USING (order_id)
+    WHERE placement.key IS NULL OR placement.order_id IN (SELECT order_id FROM claimed_key)
+), new_order AS (
+    INSERT INTO orders (id, customer_id, email, total, api_key_id)
+    SELECT order_id, customer_id, email, total, api_key_id FROM go ORDER BY position
+    RETURNING {ORDER_COLUMNS}
+), new_lines AS (
+    INSERT INTO order_items (order_id, sku, qty, unit_price)
+    SELECT line.* FROM line WHERE line.order_id IN (SELECT order_id FROM go) ORDER BY line.sku
+), new_event AS (
+    INSERT INTO event_outbox ({EVENT_COLUMNS})
+    SELECT event_id, event_type, routing_key, order_id, payload, trace_context
+    FROM go ORDER BY position
+)
+SELECT placement.order_id IN (SELECT order_id FROM priced) AS prices_current, new_order.*
+FROM placement LEFT JOIN new_order ON new_order.id = placement.order_id
+ORDER BY placement.position
+"""
+
+
+def _place_orders_arguments(orders: Sequence[_PreparedOrder]) -> list[list[Any]]:
+    """PLACE_ORDERS' parameters for these orders."""
+    lines = [(order.event.order_id, line) for order in orders for line in order.lines]
+    return [
+        [order.event.order_id for order in orders],
+        [order.placement.request.customer_id for order in orders],
+        [order.placement.request.email for order in orders],
+        [order.event.total for order in orders],
+        [order.placement.owner for order in orders],
+        [order.placement.idempotency_key for order in orders],
+        [order.placement.request_hash for order in orders],
+        [order.event.event_id for order in orders],
+        [order.event.event_type for order in orders],
+        [order.event.routing_key for order in orders],
+        [order.event.model_dump_json() for order in orders],
+        [order.trace_context for order in orders],
+        [order_id for order_id, _ in lines],
+        [line.sku for _, line in lines],
+        [line.qty for _, line in lines],
+        [line.unit_price for _, line in lines],
+    ]
+
+
+def _stored_outcomes(
+    orders: Sequence[_PreparedOrder], rows: Sequence[asyncpg.Record]
+) -> list[_Stored]:
+    """What PLACE_ORDERS did with each order, from its one row per order."""
+    if len(rows) != len(orders):
+        raise AssertionError(f"{len(rows)} rows for {len(orders)} orders")
+    outcomes: list[_Stored] = []
+    for order, row in zip(orders, rows, strict=True):
+        if not row["prices_current"]:
+            outcomes.append(_Refused.PRICES_CHANGED)
+        elif row["id"] is None:
+            outcomes.append(_Refused.KEY_TAKEN)
+        else:
+            lines = [_line_out(line.sku, line.qty, line.unit_price) for line in order.lines]
+            outcomes.append(_order_out(row, lines))
+    return outcomes
 
 
 async def get_order(

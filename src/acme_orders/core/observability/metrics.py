@@ -6,7 +6,8 @@ counters and observe histograms whose label children were bound in advance, once
 they can, and query nothing. The gauges that need SQL (outbox backlog, orders by status) are
 sampled by the publisher alone, every few seconds (it reads `outbox.backlog` and
 `orders.count_recent_orders`); they and the relay's histograms are exported by the publisher only
-(`export_publisher_metrics`), so that no other process shows them as zeros.
+(`export_publisher_metrics`), so that no other process shows them as zeros; the API's group
+commit histogram likewise by the API only (`export_api_metrics`).
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ ORDERS_EXPIRED = Counter(
     "were placed (each is also an OrderCancelled with reason timed_out).",
     registry=None,
 )
+API_ORDERS_PER_INSERT = Histogram(
+    "acme_api_orders_per_insert",
+    "Orders the API stored with one statement and one commit: those that arrived while its last "
+    "insert ran (group commit, at most API_INSERT_BATCH).",
+    buckets=BATCH_SIZE_BUCKETS,
+    registry=None,
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "acme_http_request_seconds",
     "Seconds the API took to answer a request, by method, route template ('unmatched' for no "
@@ -154,16 +162,26 @@ PUBLISHER_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     ORDERS,
     ORDERS_EXPIRED,
 )
-_publisher_metrics_exported = False
+# Only the API exports these (see export_api_metrics), for the same reason.
+API_METRICS: Final[tuple[MetricWrapperBase, ...]] = (API_ORDERS_PER_INSERT,)
+_exported: set[MetricWrapperBase] = set()
 
 
 def export_publisher_metrics() -> None:
     """Add the publisher's own metrics to what this process exports; once is enough."""
-    global _publisher_metrics_exported
-    if not _publisher_metrics_exported:
-        for metric in PUBLISHER_METRICS:
+    _export(PUBLISHER_METRICS)
+
+
+def export_api_metrics() -> None:
+    """Add the API's own metrics to what this process exports; once is enough."""
+    _export(API_METRICS)
+
+
+def _export(metrics: Iterable[MetricWrapperBase]) -> None:
+    for metric in metrics:
+        if metric not in _exported:
             REGISTRY.register(metric)
-        _publisher_metrics_exported = True
+            _exported.add(metric)
 
 
 ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
@@ -179,6 +197,7 @@ ALL_METRICS: Final[tuple[MetricWrapperBase, ...]] = (
     OUTBOX_OLDEST_NEW_AGE,
     ORDERS,
     ORDERS_EXPIRED,
+    API_ORDERS_PER_INSERT,
     HTTP_REQUEST_SECONDS,
 )
 

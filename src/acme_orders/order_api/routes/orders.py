@@ -13,7 +13,14 @@ from acme_orders.core.observability.logs import log_context
 from acme_orders.core.observability.metrics import EVENTS_EMITTED
 from acme_orders.ops.privacy import mask_emails_in
 from acme_orders.order_api import store
-from acme_orders.order_api.deps import OrderPlacer, Pool, Prices, Reader, RequestId
+from acme_orders.order_api.deps import (
+    OrderPlacer,
+    OrderWriter,
+    Pool,
+    Prices,
+    Reader,
+    RequestId,
+)
 from acme_orders.order_api.paging import cursor_after
 from acme_orders.order_api.responses import problems
 from acme_orders.order_api.schemas import (
@@ -76,7 +83,7 @@ IdempotencyKey = Annotated[
 )
 async def place_order(
     body: PlaceOrder,
-    pool: Pool,
+    writer: OrderWriter,
     prices: Prices,
     response: Response,
     caller: OrderPlacer,
@@ -88,7 +95,7 @@ async def place_order(
     key; the order belongs to that key."""
     try:
         placed = await store.place_order(
-            pool, prices, body, idempotency_key, owner=caller.owner, correlation_id=request_id
+            writer, prices, body, idempotency_key, owner=caller.owner, correlation_id=request_id
         )
     except (store.UnknownSkuError, store.IdempotencyKeyReusedError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc

@@ -1,0 +1,250 @@
+"""The API's group commit against the real database: the orders that arrive while an insert runs
+are stored by the next insert together, each answered with its own order or its own error.
+
+Each test holds its first order's insert still by locking that order's product row (the insert's
+foreign-key check waits for the lock), so that the orders after it provably arrive while an insert
+runs, and then lets it go."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from acme_orders.core.settings import Settings
+from acme_orders.order_api import store
+from acme_orders.order_api.app import create_app
+from acme_orders.order_api.schemas import PlaceOrder
+from tests.support.api import app_client
+from tests.support.products import NewProduct
+from tests.support.waiting import wait_until
+
+
+@pytest.fixture
+async def app(settings: Settings) -> FastAPI:
+    update = {
+        "auth_disabled": True,
+        "rate_limit_orders_per_second": 0,
+        "rate_limit_reads_per_second": 0,
+    }
+    return create_app(settings.model_copy(update=update))
+
+
+@pytest.fixture
+async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(app) as client:
+        yield client
+
+
+def body(*skus: str, qty: int = 1, customer: str = "G1") -> dict[str, Any]:
+    return {
+        "customer_id": customer,
+        "email": "g1@example.com",
+        "items": [{"sku": sku, "qty": qty} for sku in skus],
+    }
+
+
+def inserts() -> tuple[float, float]:
+    """(statements, orders) the API's group commit has run so far, in this process."""
+    count = REGISTRY.get_sample_value("acme_api_orders_per_insert_count") or 0.0
+    total = REGISTRY.get_sample_value("acme_api_orders_per_insert_sum") or 0.0
+    return count, total
+
+
+@asynccontextmanager
+async def insert_held(
+    pool: asyncpg.Pool, app: FastAPI, sku: str, order: Awaitable[httpx.Response]
+) -> AsyncIterator[asyncio.Task[httpx.Response]]:
+    """`order` (of a line of `sku`) sent, its insert waiting on the product's row lock until the
+    block ends; the orders sent inside the block wait for that insert to end."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT FROM products WHERE sku = $1 FOR UPDATE", sku)
+        first = asyncio.ensure_future(order)
+        await wait_until(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_keys%'"
+                "  AND datname = current_database()"
+            ),
+            what="the first insert to wait for the product's row lock",
+        )
+        yield first
+    assert (await first).status_code == 201
+
+
+async def queued(app: FastAPI, count: int) -> None:
+    writer: store.OrderWriter = app.state.order_writer
+    await wait_until(
+        lambda: _true(writer.waiting == count),
+        what=f"{count} orders waiting for the insert under way",
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def stored(pool: asyncpg.Pool, order_id: str) -> tuple[int, int, int]:
+    """(orders, lines, outbox rows) stored for the order."""
+    row = await pool.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM orders WHERE id = $1),
+               (SELECT count(*) FROM order_items WHERE order_id = $1),
+               (SELECT count(*) FROM event_outbox WHERE order_id = $1)
+        """,
+        UUID(order_id),
+    )
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def test_orders_that_arrive_while_an_insert_runs_are_stored_by_one_statement_each_its_own(
+    api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    held, plenty, other = [await new_product(stock=100) for _ in range(3)]
+    before = inserts()
+
+    async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
+        later = [
+            asyncio.ensure_future(api.post("/orders", json=body(plenty, other, qty=n % 3 + 1)))
+            for n in range(20)
+        ]
+        await queued(app, 20)
+
+    responses = await asyncio.gather(*later)
+    assert [r.status_code for r in responses] == [201] * 20
+    orders = [r.json() for r in responses]
+    assert len({order["id"] for order in orders}) == 20
+    for n, order in enumerate(orders):
+        assert [line["qty"] for line in order["items"]] == [n % 3 + 1] * 2
+        assert await stored(pool, order["id"]) == (1, 2, 1)
+    after = inserts()
+    # The held order alone, then the twenty that came while it ran: two statements, two commits.
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 21)
+
+
+async def test_an_order_whose_price_changed_is_priced_again_and_its_neighbours_are_stored(
+    api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    held = await new_product(stock=10)
+    repriced = await new_product(stock=10)
+    kept = await new_product(stock=10)
+    # The price book learns the old price, then the product's price changes under it.
+    assert (await api.post("/orders", json=body(repriced))).json()["total"] == "10.00"
+    await pool.execute("UPDATE products SET price = 12.50 WHERE sku = $1", repriced)
+    before = inserts()
+
+    async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
+        later = [
+            asyncio.ensure_future(api.post("/orders", json=body(sku, qty=2)))
+            for sku in (kept, repriced, kept)
+        ]
+        await queued(app, 3)
+
+    responses = await asyncio.gather(*later)
+    assert [r.status_code for r in responses] == [201] * 3
+    assert [r.json()["total"] for r in responses] == ["20.00", "25.00", "20.00"]
+    after = inserts()
+    # The held order; the three (of which the repriced one stored nothing); it again, alone.
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 5)
+
+
+async def test_one_idempotency_key_twice_in_one_insert_makes_one_order_and_refuses_a_different_body(
+    api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    held = await new_product(stock=10)
+    sku = await new_product(stock=10)
+    retried, reused = str(uuid4()), str(uuid4())
+
+    async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
+        sends = [
+            (retried, body(sku)),
+            (retried, body(sku)),
+            (reused, body(sku, customer="G2")),
+            (reused, body(sku, customer="G3")),
+            (None, body(sku)),
+        ]
+        later = [
+            asyncio.ensure_future(
+                api.post("/orders", json=sent, headers={"Idempotency-Key": key} if key else {})
+            )
+            for key, sent in sends
+        ]
+        await queued(app, 5)
+
+    first, again, one, other, plain = await asyncio.gather(*later)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json()["id"] == again.json()["id"]
+    assert {first.headers.get("Idempotent-Replayed"), again.headers.get("Idempotent-Replayed")} == {
+        None,
+        "true",
+    }
+    assert sorted((one.status_code, other.status_code)) == [201, 422]
+    refused = one if one.status_code == 422 else other
+    assert "already used with a different request" in refused.json()["detail"]
+    assert plain.status_code == 201
+    assert await pool.fetchval("SELECT count(*) FROM order_items WHERE sku = $1", sku) == 3
+
+
+@pytest.fixture
+async def refused_sku(pool: asyncpg.Pool, new_product: NewProduct) -> AsyncIterator[str]:
+    """A product whose order lines the database refuses (a trigger of this test's own raises):
+    an error that is one order's, not an outage."""
+    sku = await new_product(stock=10)
+    name = f"refuse_{sku.lower().replace('-', '_')}"
+    await pool.execute(
+        f"""
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'lines of % are refused', NEW.sku USING ERRCODE = 'check_violation';
+        END $$;
+        CREATE TRIGGER {name} BEFORE INSERT ON order_items
+            FOR EACH ROW WHEN (NEW.sku = '{sku}') EXECUTE FUNCTION {name}();
+        """
+    )
+    try:
+        yield sku
+    finally:
+        await pool.execute(f"DROP TRIGGER {name} ON order_items; DROP FUNCTION {name}();")
+
+
+async def test_an_order_the_database_refuses_fails_alone_and_its_neighbours_are_stored(
+    app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct, refused_sku: str
+) -> None:
+    held = await new_product(stock=10)
+    sku = await new_product(stock=10)
+    # Called in-process without the HTTP layer, so that the refused order's error is seen as it
+    # is (the API answers it 500, as any error that is not an outage).
+    async with app_client(app) as api:
+        writer: store.OrderWriter = app.state.order_writer
+        prices: store.PriceBook = app.state.price_book
+
+        def place(*skus: str) -> Awaitable[store.PlacedOrder]:
+            request = PlaceOrder.model_validate(body(*skus))
+            return store.place_order(writer, prices, request)
+
+        async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
+            later = [
+                asyncio.ensure_future(place(*skus))
+                for skus in ((sku,), (refused_sku,), (sku,), (sku, refused_sku))
+            ]
+            await queued(app, 4)
+        results = await asyncio.gather(*later, return_exceptions=True)
+
+    good, bad, also_good, also_bad = results
+    assert isinstance(bad, asyncpg.CheckViolationError)
+    assert isinstance(also_bad, asyncpg.CheckViolationError)
+    for placed in (good, also_good):
+        assert isinstance(placed, store.PlacedOrder)
+        assert placed.order.total == Decimal("10.00")
+        assert await stored(pool, str(placed.order.id)) == (1, 1, 1)
+    assert await pool.fetchval("SELECT count(*) FROM order_items WHERE sku = $1", sku) == 2
+    assert await pool.fetchval("SELECT count(*) FROM order_items WHERE sku = $1", refused_sku) == 0
