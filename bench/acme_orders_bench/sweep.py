@@ -115,29 +115,51 @@ def write_chart(steps: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     except ImportError:
         raise ChartUnavailableError from None
     rows = [step_row(step) for step in steps]
-    offered = [row["offered"] if row["offered"] is not None else row["sent"] for row in rows]
+    # The rated steps are a curve; flat out is a point of its own at the rate wrk sent, marked
+    # and not joined to the curve (it may lie anywhere along it).
+    rated = [row for row in rows if row["offered"] is not None]
+    flat = [row for row in rows if row["offered"] is None]
     figure, latency_axis = pyplot.subplots(figsize=(8, 5), dpi=100)
     try:
-        latency_axis.plot(offered, [r["p50"] for r in rows], "o-", label="p50 placed→final")
-        latency_axis.plot(offered, [r["p99"] for r in rows], "s-", label="p99 placed→final")
-        latency_axis.set_xlabel("offered orders/s (flat out: what wrk sent)")
+        rate_axis = latency_axis.twinx()
+        for axis, key, marker, color, label in (
+            (latency_axis, "p50", "o", "tab:blue", "p50 placed→final"),
+            (latency_axis, "p99", "s", "tab:orange", "p99 placed→final"),
+            (rate_axis, "taken", "^", "tab:green", "taken"),
+        ):
+            axis.plot(
+                [row["offered"] for row in rated],
+                [row[key] for row in rated],
+                marker=marker,
+                linestyle="--" if axis is rate_axis else "-",
+                color=color,
+                label=label,
+            )
+            axis.plot(
+                [row["sent"] for row in flat],
+                [row[key] for row in flat],
+                marker=marker,
+                markersize=11,
+                markerfacecolor="none",
+                linestyle="none",
+                color=color,
+            )
+        latency_axis.set_xlabel("offered orders/s (flat out, hollow: what wrk sent)")
         latency_axis.set_ylabel("latency, ms")
         if all(r["p50"] and r["p99"] for r in rows):
             latency_axis.set_yscale("log")
         latency_axis.grid(True, which="both", alpha=0.3)
-        rate_axis = latency_axis.twinx()
-        rate_axis.plot(offered, [r["taken"] for r in rows], "^--", color="tab:green", label="taken")
+        offered = [row["offered"] for row in rated] + [row["sent"] for row in flat]
         top = max(offered + [r["taken"] for r in rows])
         rate_axis.plot([0, top], [0, top], ":", color="grey", label="taken = offered")
         rate_axis.set_ylabel("taken (finished) orders/s")
-        for row, x in zip(rows, offered, strict=True):
-            if row["offered"] is None:
-                rate_axis.annotate(
-                    "flat out", (x, row["taken"]), textcoords="offset points", xytext=(-20, 8)
-                )
+        for row in flat:
+            rate_axis.annotate(
+                "flat out", (row["sent"], row["taken"]), textcoords="offset points", xytext=(8, 8)
+            )
         handles = latency_axis.get_legend_handles_labels()
         more = rate_axis.get_legend_handles_labels()
-        latency_axis.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left")
+        latency_axis.legend(handles[0] + more[0], handles[1] + more[1], loc="best")
         latency_axis.set_title(title)
         figure.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
