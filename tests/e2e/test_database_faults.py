@@ -269,7 +269,7 @@ async def store_and_relay(deployed: Deployment, skus: list[str], count: int) -> 
     the test's own connections; their ids."""
     shape = random.Random(41)
     prices = store.PriceBook()
-    writer = store.OrderWriter(deployed.pool, max_batch=1, in_flight=1)
+    writer = store.OrderWriter(deployed.pool, max_batch=1, in_flight=1, most_in_flight=1)
     ids = set()
     for n in range(count):
         lines = shape.sample(skus, shape.randint(1, 3))

@@ -1,9 +1,10 @@
 """The API's group commit against the real database: the orders that arrive while an insert runs
 are stored by the next insert together, each answered with its own order or its own error.
 
-Each test holds its first order's insert still by locking that order's product row (the insert's
+Most tests hold their first order's insert still by locking that order's product row (the insert's
 foreign-key check waits for the lock), so that the orders after it provably arrive while an insert
-runs, and then lets it go."""
+runs, and then let it go; for them the API's writer never counts an insert as stalled, which would
+start the next beside it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from acme_orders.order_api import store
 from acme_orders.order_api.app import create_app
 from acme_orders.order_api.schemas import PlaceOrder
 from tests.support.api import app_client
+from tests.support.locks import product_locked, sessions_waiting_for_a_lock
 from tests.support.products import NewProduct
 from tests.support.waiting import wait_until
 
@@ -43,6 +45,20 @@ async def app(settings: Settings) -> FastAPI:
 async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with app_client(app) as client:
         yield client
+
+
+@pytest.fixture
+async def held_api(app: FastAPI, api: httpx.AsyncClient) -> AsyncIterator[httpx.AsyncClient]:
+    """The API, with a writer for which no insert stalls: a held insert holds every order after
+    it, as these tests need."""
+    writer = store.OrderWriter(
+        app.state.pool, max_batch=64, in_flight=1, most_in_flight=8, stalled_after=3600
+    )
+    app.state.order_writer = writer
+    try:
+        yield api
+    finally:
+        await writer.close()
 
 
 def body(*skus: str, qty: int = 1, customer: str = "G1") -> dict[str, Any]:
@@ -108,14 +124,14 @@ async def stored(pool: asyncpg.Pool, order_id: str) -> tuple[int, int, int]:
 
 
 async def test_orders_that_arrive_while_an_insert_runs_are_stored_by_one_statement_each_its_own(
-    api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
+    held_api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
 ) -> None:
     held, plenty, other = [await new_product(stock=100) for _ in range(3)]
     before = inserts()
 
-    async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
+    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
         later = [
-            asyncio.ensure_future(api.post("/orders", json=body(plenty, other, qty=n % 3 + 1)))
+            asyncio.ensure_future(held_api.post("/orders", json=body(plenty, other, qty=n % 3 + 1)))
             for n in range(20)
         ]
         await queued(app, 20)
@@ -133,19 +149,19 @@ async def test_orders_that_arrive_while_an_insert_runs_are_stored_by_one_stateme
 
 
 async def test_an_order_whose_price_changed_is_priced_again_and_its_neighbours_are_stored(
-    api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
+    held_api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
 ) -> None:
     held = await new_product(stock=10)
     repriced = await new_product(stock=10)
     kept = await new_product(stock=10)
     # The price book learns the old price, then the product's price changes under it.
-    assert (await api.post("/orders", json=body(repriced))).json()["total"] == "10.00"
+    assert (await held_api.post("/orders", json=body(repriced))).json()["total"] == "10.00"
     await pool.execute("UPDATE products SET price = 12.50 WHERE sku = $1", repriced)
     before = inserts()
 
-    async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
+    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
         later = [
-            asyncio.ensure_future(api.post("/orders", json=body(sku, qty=2)))
+            asyncio.ensure_future(held_api.post("/orders", json=body(sku, qty=2)))
             for sku in (kept, repriced, kept)
         ]
         await queued(app, 3)
@@ -159,13 +175,13 @@ async def test_an_order_whose_price_changed_is_priced_again_and_its_neighbours_a
 
 
 async def test_one_idempotency_key_twice_in_one_insert_makes_one_order_and_refuses_a_different_body(
-    api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
+    held_api: httpx.AsyncClient, app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct
 ) -> None:
     held = await new_product(stock=10)
     sku = await new_product(stock=10)
     retried, reused = str(uuid4()), str(uuid4())
 
-    async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
+    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
         sends = [
             (retried, body(sku)),
             (retried, body(sku)),
@@ -175,7 +191,7 @@ async def test_one_idempotency_key_twice_in_one_insert_makes_one_order_and_refus
         ]
         later = [
             asyncio.ensure_future(
-                api.post("/orders", json=sent, headers={"Idempotency-Key": key} if key else {})
+                held_api.post("/orders", json=sent, headers={"Idempotency-Key": key} if key else {})
             )
             for key, sent in sends
         ]
@@ -217,27 +233,29 @@ async def refused_sku(pool: asyncpg.Pool, new_product: NewProduct) -> AsyncItera
 
 
 async def test_an_order_the_database_refuses_fails_alone_and_its_neighbours_are_stored(
-    app: FastAPI, pool: asyncpg.Pool, new_product: NewProduct, refused_sku: str
+    held_api: httpx.AsyncClient,
+    app: FastAPI,
+    pool: asyncpg.Pool,
+    new_product: NewProduct,
+    refused_sku: str,
 ) -> None:
     held = await new_product(stock=10)
     sku = await new_product(stock=10)
-    # Called in-process without the HTTP layer, so that the refused order's error is seen as it
+    writer: store.OrderWriter = app.state.order_writer
+    prices: store.PriceBook = app.state.price_book
+
+    # Placed in-process without the HTTP layer, so that the refused order's error is seen as it
     # is (the API answers it 500, as any error that is not an outage).
-    async with app_client(app) as api:
-        writer: store.OrderWriter = app.state.order_writer
-        prices: store.PriceBook = app.state.price_book
+    def place(*skus: str) -> Awaitable[store.PlacedOrder]:
+        return store.place_order(writer, prices, PlaceOrder.model_validate(body(*skus)))
 
-        def place(*skus: str) -> Awaitable[store.PlacedOrder]:
-            request = PlaceOrder.model_validate(body(*skus))
-            return store.place_order(writer, prices, request)
-
-        async with insert_held(pool, app, held, api.post("/orders", json=body(held))):
-            later = [
-                asyncio.ensure_future(place(*skus))
-                for skus in ((sku,), (refused_sku,), (sku,), (sku, refused_sku))
-            ]
-            await queued(app, 4)
-        results = await asyncio.gather(*later, return_exceptions=True)
+    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
+        later = [
+            asyncio.ensure_future(place(*skus))
+            for skus in ((sku,), (refused_sku,), (sku,), (sku, refused_sku))
+        ]
+        await queued(app, 4)
+    results = await asyncio.gather(*later, return_exceptions=True)
 
     good, bad, also_good, also_bad = results
     assert isinstance(bad, asyncpg.CheckViolationError)
@@ -248,3 +266,23 @@ async def test_an_order_the_database_refuses_fails_alone_and_its_neighbours_are_
         assert await stored(pool, str(placed.order.id)) == (1, 1, 1)
     assert await pool.fetchval("SELECT count(*) FROM order_items WHERE sku = $1", sku) == 2
     assert await pool.fetchval("SELECT count(*) FROM order_items WHERE sku = $1", refused_sku) == 0
+
+
+async def test_an_order_waiting_for_a_lock_does_not_hold_up_the_orders_after_it(
+    api: httpx.AsyncClient, pool: asyncpg.Pool, new_product: NewProduct
+) -> None:
+    locked = await new_product(stock=10)
+    free = await new_product(stock=10)
+
+    async with product_locked(pool, locked):
+        stuck = asyncio.ensure_future(api.post("/orders", json=body(locked)))
+        await wait_until(
+            lambda: sessions_waiting_for_a_lock(pool), what="the order to wait for the lock"
+        )
+        # The API's insert of the stuck order counts as stalled after 0.1 s: these go into an
+        # insert beside it, and are stored while it still waits.
+        others = await asyncio.gather(*(api.post("/orders", json=body(free)) for _ in range(5)))
+        assert [response.status_code for response in others] == [201] * 5
+        assert not stuck.done()
+
+    assert (await stuck).status_code == 201

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from acme_orders.order_api.group_commit import GroupCommit
+from acme_orders.order_api.group_commit import GroupCommit, room_in
 
 
 class BadItemError(Exception):
@@ -29,6 +29,8 @@ class Writes:
         self.running = 0
         self.most_running = 0
         self.outage = False
+        # A write holding "stuck" waits for this, as an insert waits for a lock.
+        self.unstuck = asyncio.Event()
         self._began = asyncio.Condition()
 
     async def started(self, count: int) -> None:
@@ -44,6 +46,8 @@ class Writes:
         self.most_running = max(self.most_running, self.running)
         try:
             await self.release.wait()
+            if "stuck" in items:
+                await self.unstuck.wait()
             if self.outage:
                 raise OutageError("down")
             if "bad" in items:
@@ -53,12 +57,21 @@ class Writes:
             self.running -= 1
 
 
-def group(writes: Writes, *, max_batch: int = 10, in_flight: int = 1) -> GroupCommit[str, str]:
+def group(
+    writes: Writes,
+    *,
+    max_batch: int = 10,
+    in_flight: int = 1,
+    stalled_after: float = 3600,
+    most_in_flight: int = 8,
+) -> GroupCommit[str, str]:
     return GroupCommit(
         writes.write,
         max_batch=max_batch,
         in_flight=in_flight,
         alone_after=lambda error: isinstance(error, BadItemError),
+        stalled_after=stalled_after,
+        most_in_flight=most_in_flight,
     )
 
 
@@ -175,3 +188,50 @@ async def test_close_waits_for_the_writes_under_way() -> None:
 def test_a_batch_holds_at_least_one_item() -> None:
     with pytest.raises(ValueError, match="at least one"):
         group(Writes(), max_batch=0)
+
+
+async def test_a_write_that_stalled_does_not_hold_up_the_items_after_it() -> None:
+    writes = Writes()
+    commits = group(writes, stalled_after=0.05, most_in_flight=3)
+    stuck = asyncio.create_task(commits.submit("stuck"))
+    await writes.started(1)
+
+    # Once the stuck write has run 50 ms, the next starts beside it.
+    a, b = await asyncio.wait_for(asyncio.gather(commits.submit("a"), commits.submit("b")), 5)
+
+    assert (a, b) == ("A", "B")
+    assert not stuck.done()
+    writes.unstuck.set()
+    assert await stuck == "STUCK"
+
+
+async def test_no_more_than_most_in_flight_writes_run_however_many_stalled() -> None:
+    writes = Writes()
+    commits = group(writes, max_batch=1, stalled_after=0.01, most_in_flight=3)
+    tasks = [asyncio.create_task(commits.submit("stuck")) for _ in range(5)]
+    await writes.started(3)
+    await asyncio.sleep(0.05)  # past stalled_after: nothing more may start, however long
+
+    assert (len(writes.batches), commits.waiting) == (3, 2)
+    writes.unstuck.set()
+    assert [await task for task in tasks] == ["STUCK"] * 5
+    assert writes.most_running == 3
+
+
+@pytest.mark.parametrize(
+    ("started", "in_flight", "expected"),
+    [
+        ([], 1, 0.0),  # nothing runs
+        ([10.0], 1, 0.5),  # the one write stalls at 10.5
+        ([9.0], 1, 0.0),  # it stalled already
+        ([10.0], 2, 0.0),  # room for a second
+        ([10.0, 9.8], 2, 0.3),  # the older of the two stalls at 10.3
+        ([10.0, 9.8, 9.0], 2, 0.3),  # the stalled one does not count
+        ([1.0, 2.0, 3.0, 4.0], 1, None),  # most_in_flight (4) are under way
+    ],
+)
+def test_room_for_a_write_comes_when_enough_of_those_under_way_stalled(
+    started: list[float], in_flight: int, expected: float | None
+) -> None:
+    wait = room_in(started, 10.0, in_flight=in_flight, most_in_flight=4, stalled_after=0.5)
+    assert wait == (pytest.approx(expected) if expected is not None else None)

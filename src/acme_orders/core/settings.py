@@ -206,7 +206,9 @@ class Settings(BaseSettings):
         le=200,
         description=(
             "Inserts of orders the API runs at once (each holding up to API_INSERT_BATCH orders); "
-            "more are fewer orders per commit. At most DB_POOL_SIZE."
+            "more are fewer orders per commit. An insert that waits (for a lock) longer than "
+            "0.1 s does not count, so one stuck order does not hold up the rest, up to "
+            "DB_POOL_SIZE inserts in all."
         ),
     )
     api_limit_concurrency: int = Field(

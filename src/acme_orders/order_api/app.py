@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.pool,
             max_batch=settings.api_insert_batch,
             in_flight=settings.api_inserts_in_flight,
+            # Every connection of the pool may hold an insert stuck behind a lock, as every one
+            # could hold an order's insert before orders were grouped.
+            most_in_flight=settings.db_pool_size,
         )
         log_access_policy(settings)
         try:

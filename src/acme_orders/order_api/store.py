@@ -88,12 +88,27 @@ class PriceBook:
         return {sku: self._prices[sku] for sku in skus if sku in self._prices}
 
 
+# An insert of orders normally takes milliseconds; one that has run this long waits for something
+# (a lock on a product row, another replica's claim of the same Idempotency-Key), and the orders
+# after it go into an insert beside it instead of waiting behind it.
+INSERT_STALLED_AFTER = 0.1
+
+
 class OrderWriter:
     """Stores orders with group commit (see group_commit): the orders that arrive while one insert
     runs go into the next statement together. `max_batch` orders at most in a statement, at most
-    `in_flight` statements at once; `max_batch` 1 stores each order with a statement of its own."""
+    `in_flight` statements at once that have not stalled (`stalled_after` seconds), and at most
+    `most_in_flight` in all; `max_batch` 1 stores each order with a statement of its own."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int, in_flight: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int,
+        in_flight: int,
+        most_in_flight: int,
+        stalled_after: float = INSERT_STALLED_AFTER,
+    ) -> None:
         self.pool = pool
         self._group: GroupCommit[_PreparedOrder, _Stored] = GroupCommit(
             self._insert,
@@ -102,6 +117,8 @@ class OrderWriter:
             # An error that is not an outage may be one order's (a value the schema refuses):
             # the others are stored without it.
             alone_after=lambda error: not is_transient(error),
+            stalled_after=stalled_after,
+            most_in_flight=most_in_flight,
         )
 
     async def insert(self, order: _PreparedOrder) -> _Stored:
