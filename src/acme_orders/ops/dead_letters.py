@@ -14,7 +14,9 @@ many of them (the board's bounded view and its replays by message id).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +44,9 @@ DLQ_SUFFIX = QueueSpec("", ()).dead_letter_queue
 PREVIEW_CHARS = 200
 # How long a confirm may take before the replay gives up (the DLQ copy then stays where it is).
 CONFIRM_TIMEOUT = 30.0
+# How long a read of a dead-letter queue waits, on its way out, for the messages it gave back to
+# be in the queue again (see _until_ready).
+GIVEN_BACK_WITHIN = 2.0
 
 # Headers that describe a death, dropped when a message is replayed: ours, and RabbitMQ's.
 # Leaving x-death in would make RabbitMQ see a dead-lettering cycle if the message died again.
@@ -212,9 +217,25 @@ async def _held_messages(
             # queue keeps them in place. nack rather than reject: from RabbitMQ 4.3 a reject with
             # requeue counts towards a quorum queue's delivery limit, a nack does not.
             if not channel.is_closed:
-                for message in held:
-                    if not message.processed:
-                        await message.nack(requeue=True)
+                given_back = [message for message in held if not message.processed]
+                for message in given_back:
+                    await message.nack(requeue=True)
+                if given_back:
+                    await _until_ready(channel, dlq, len(given_back))
+
+
+async def _until_ready(channel: AbstractChannel, name: str, count: int) -> None:
+    """Return once the queue shows at least `count` ready messages, or after GIVEN_BACK_WITHIN
+    seconds. A quorum queue applies a nack's requeue in its own time: without this wait, a
+    caller that looks again right away (the board's replay after its dry run) may find the
+    messages it was just shown still on their way back, and the queue empty."""
+    deadline = time.monotonic() + GIVEN_BACK_WITHIN
+    while time.monotonic() < deadline:
+        queue = await channel.declare_queue(name, passive=True)
+        if (queue.declaration_result.message_count or 0) >= count:
+            return
+        await asyncio.sleep(0.02)
+    # Somebody else took some meanwhile (another operator's replay): nothing to wait for.
 
 
 async def _existing_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
