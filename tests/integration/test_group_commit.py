@@ -9,10 +9,9 @@ start the next beside it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -29,6 +28,8 @@ from tests.support.api import app_client
 from tests.support.locks import product_locked, sessions_waiting_for_a_lock
 from tests.support.products import NewProduct
 from tests.support.waiting import wait_until
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -76,15 +77,25 @@ def inserts() -> tuple[float, float]:
     return count, total
 
 
-@asynccontextmanager
-async def insert_held(
-    pool: asyncpg.Pool, app: FastAPI, sku: str, order: Awaitable[httpx.Response]
-) -> AsyncIterator[asyncio.Task[httpx.Response]]:
-    """`order` (of a line of `sku`) sent, its insert waiting on the product's row lock until the
-    block ends; the orders sent inside the block wait for that insert to end."""
+def inserts_since(before: tuple[float, float]) -> tuple[float, float]:
+    """(statements, orders) of the API's group commit since `before` (an inserts())."""
+    now = inserts()
+    return now[0] - before[0], now[1] - before[1]
+
+
+async def sent_behind_a_held_insert(
+    pool: asyncpg.Pool,
+    app: FastAPI,
+    api: httpx.AsyncClient,
+    held: str,
+    sends: Sequence[Awaitable[T]],
+) -> list[asyncio.Future[T]]:
+    """An order of `held` sent, its insert waiting on the product's row lock; `sends` started
+    while it waits, until all of them wait for that insert to end; then the lock let go. The
+    futures of `sends`, in their order."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT FROM products WHERE sku = $1 FOR UPDATE", sku)
-        first = asyncio.ensure_future(order)
+        await conn.execute("SELECT FROM products WHERE sku = $1 FOR UPDATE", held)
+        first = asyncio.ensure_future(api.post("/orders", json=body(held)))
         await wait_until(
             lambda: pool.fetchval(
                 "SELECT count(*) FROM pg_stat_activity "
@@ -93,8 +104,10 @@ async def insert_held(
             ),
             what="the first insert to wait for the product's row lock",
         )
-        yield first
+        later: list[asyncio.Future[T]] = [asyncio.ensure_future(send) for send in sends]
+        await queued(app, len(later))
     assert (await first).status_code == 201
+    return later
 
 
 async def queued(app: FastAPI, count: int) -> None:
@@ -129,12 +142,13 @@ async def test_orders_that_arrive_while_an_insert_runs_are_stored_by_one_stateme
     held, plenty, other = [await new_product(stock=100) for _ in range(3)]
     before = inserts()
 
-    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
-        later = [
-            asyncio.ensure_future(held_api.post("/orders", json=body(plenty, other, qty=n % 3 + 1)))
-            for n in range(20)
-        ]
-        await queued(app, 20)
+    later = await sent_behind_a_held_insert(
+        pool,
+        app,
+        held_api,
+        held,
+        [held_api.post("/orders", json=body(plenty, other, qty=n % 3 + 1)) for n in range(20)],
+    )
 
     responses = await asyncio.gather(*later)
     assert [r.status_code for r in responses] == [201] * 20
@@ -143,9 +157,8 @@ async def test_orders_that_arrive_while_an_insert_runs_are_stored_by_one_stateme
     for n, order in enumerate(orders):
         assert [line["qty"] for line in order["items"]] == [n % 3 + 1] * 2
         assert await stored(pool, order["id"]) == (1, 2, 1)
-    after = inserts()
     # The held order alone, then the twenty that came while it ran: two statements, two commits.
-    assert (after[0] - before[0], after[1] - before[1]) == (2, 21)
+    assert inserts_since(before) == (2, 21)
 
 
 async def test_an_order_whose_price_changed_is_priced_again_and_its_neighbours_are_stored(
@@ -159,19 +172,19 @@ async def test_an_order_whose_price_changed_is_priced_again_and_its_neighbours_a
     await pool.execute("UPDATE products SET price = 12.50 WHERE sku = $1", repriced)
     before = inserts()
 
-    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
-        later = [
-            asyncio.ensure_future(held_api.post("/orders", json=body(sku, qty=2)))
-            for sku in (kept, repriced, kept)
-        ]
-        await queued(app, 3)
+    later = await sent_behind_a_held_insert(
+        pool,
+        app,
+        held_api,
+        held,
+        [held_api.post("/orders", json=body(sku, qty=2)) for sku in (kept, repriced, kept)],
+    )
 
     responses = await asyncio.gather(*later)
     assert [r.status_code for r in responses] == [201] * 3
     assert [r.json()["total"] for r in responses] == ["20.00", "25.00", "20.00"]
-    after = inserts()
     # The held order; the three (of which the repriced one stored nothing); it again, alone.
-    assert (after[0] - before[0], after[1] - before[1]) == (3, 5)
+    assert inserts_since(before) == (3, 5)
 
 
 async def test_one_idempotency_key_twice_in_one_insert_makes_one_order_and_refuses_a_different_body(
@@ -181,21 +194,23 @@ async def test_one_idempotency_key_twice_in_one_insert_makes_one_order_and_refus
     sku = await new_product(stock=10)
     retried, reused = str(uuid4()), str(uuid4())
 
-    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
-        sends = [
-            (retried, body(sku)),
-            (retried, body(sku)),
-            (reused, body(sku, customer="G2")),
-            (reused, body(sku, customer="G3")),
-            (None, body(sku)),
-        ]
-        later = [
-            asyncio.ensure_future(
-                held_api.post("/orders", json=sent, headers={"Idempotency-Key": key} if key else {})
-            )
+    sends = [
+        (retried, body(sku)),
+        (retried, body(sku)),
+        (reused, body(sku, customer="G2")),
+        (reused, body(sku, customer="G3")),
+        (None, body(sku)),
+    ]
+    later = await sent_behind_a_held_insert(
+        pool,
+        app,
+        held_api,
+        held,
+        [
+            held_api.post("/orders", json=sent, headers={"Idempotency-Key": key} if key else {})
             for key, sent in sends
-        ]
-        await queued(app, 5)
+        ],
+    )
 
     first, again, one, other, plain = await asyncio.gather(*later)
     assert (first.status_code, again.status_code) == (201, 201)
@@ -249,12 +264,13 @@ async def test_an_order_the_database_refuses_fails_alone_and_its_neighbours_are_
     def place(*skus: str) -> Awaitable[store.PlacedOrder]:
         return store.place_order(writer, prices, PlaceOrder.model_validate(body(*skus)))
 
-    async with insert_held(pool, app, held, held_api.post("/orders", json=body(held))):
-        later = [
-            asyncio.ensure_future(place(*skus))
-            for skus in ((sku,), (refused_sku,), (sku,), (sku, refused_sku))
-        ]
-        await queued(app, 4)
+    later = await sent_behind_a_held_insert(
+        pool,
+        app,
+        held_api,
+        held,
+        [place(*skus) for skus in ((sku,), (refused_sku,), (sku,), (sku, refused_sku))],
+    )
     results = await asyncio.gather(*later, return_exceptions=True)
 
     good, bad, also_good, also_bad = results

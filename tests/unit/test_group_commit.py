@@ -75,6 +75,19 @@ def group(
     )
 
 
+async def behind_a_write(
+    writes: Writes, commits: GroupCommit[str, str], items: Sequence[str]
+) -> list[asyncio.Task[str]]:
+    """ "a" submitted and its write held under way, then `items` submitted behind it: the tasks
+    of all of them, "a"'s first. The test lets the writes go with writes.release.set()."""
+    writes.release.clear()
+    tasks = [asyncio.create_task(commits.submit("a"))]
+    await writes.started(1)
+    tasks += [asyncio.create_task(commits.submit(item)) for item in items]
+    await asyncio.sleep(0)
+    return tasks
+
+
 async def test_an_item_alone_is_written_at_once_and_gets_its_own_result() -> None:
     writes = Writes()
 
@@ -85,11 +98,7 @@ async def test_an_item_alone_is_written_at_once_and_gets_its_own_result() -> Non
 async def test_what_arrives_while_a_write_runs_goes_into_the_next_write_together() -> None:
     writes = Writes()
     commits = group(writes)
-    writes.release.clear()
-    first = asyncio.create_task(commits.submit("a"))
-    await writes.started(1)
-    rest = [asyncio.create_task(commits.submit(item)) for item in "bcd"]
-    await asyncio.sleep(0)
+    first, *rest = await behind_a_write(writes, commits, "bcd")
     assert commits.waiting == 3
 
     writes.release.set()
@@ -117,14 +126,10 @@ async def test_a_write_holds_at_most_max_batch_items_and_at_most_in_flight_run_a
 async def test_an_item_that_breaks_its_batch_gets_the_error_alone_the_others_are_written() -> None:
     writes = Writes()
     commits = group(writes)
-    writes.release.clear()
-    first = asyncio.create_task(commits.submit("a"))
-    await writes.started(1)
-    rest = [asyncio.create_task(commits.submit(item)) for item in ("b", "bad", "c")]
-    await asyncio.sleep(0)
+    tasks = await behind_a_write(writes, commits, ("b", "bad", "c"))
 
     writes.release.set()
-    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
 
     assert results[:2] == ["A", "B"]
     assert isinstance(results[2], BadItemError)
@@ -136,15 +141,11 @@ async def test_an_item_that_breaks_its_batch_gets_the_error_alone_the_others_are
 async def test_an_outage_is_every_items_error_without_writing_them_one_by_one() -> None:
     writes = Writes()
     commits = group(writes)
-    writes.release.clear()
-    first = asyncio.create_task(commits.submit("a"))
-    await writes.started(1)
-    rest = [asyncio.create_task(commits.submit(item)) for item in "bc"]
-    await asyncio.sleep(0)
+    tasks = await behind_a_write(writes, commits, "bc")
     writes.outage = True
 
     writes.release.set()
-    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
 
     assert all(isinstance(result, OutageError) for result in results)
     assert writes.batches == [["a"], ["b", "c"]]
@@ -153,12 +154,7 @@ async def test_an_outage_is_every_items_error_without_writing_them_one_by_one() 
 async def test_a_caller_that_gave_up_before_its_write_began_is_not_written() -> None:
     writes = Writes()
     commits = group(writes)
-    writes.release.clear()
-    first = asyncio.create_task(commits.submit("a"))
-    await writes.started(1)
-    abandoned = asyncio.create_task(commits.submit("b"))
-    kept = asyncio.create_task(commits.submit("c"))
-    await asyncio.sleep(0)
+    first, abandoned, kept = await behind_a_write(writes, commits, "bc")
     abandoned.cancel()
 
     writes.release.set()
