@@ -134,9 +134,11 @@ async def test_once_the_database_is_back_keys_are_read_again_and_revocations_app
                 (await api.get("/test-only/who-am-i", headers=kept_key)).status_code,
                 (await api.get("/test-only/who-am-i", headers=revoked_key)).status_code,
             )
-            return statuses if statuses != (503, 503) else None
+            # Both answered from the copy read after the outage: the two requests of one probe
+            # can straddle the read (the first 503, the second from the new copy).
+            return statuses if 503 not in statuses else None
 
-        # Within the TTL (the backoff never waits longer): the first answer after the outage.
+        # Within the TTL (the backoff never waits longer).
         after = await wait_until(read_again, deadline=5, what="the keys to be read again")
 
         assert after == (200, 401)

@@ -51,10 +51,13 @@ class Load:
     unavailable: int = 0  # answers 503
     unreachable: int = 0  # no answer at all
 
-    async def run(self, orders: int, rate: float) -> None:
+    async def run(self, orders: int, rate: float, until: asyncio.Event | None = None) -> None:
+        """Place `orders` orders at `rate` a second, and with `until` go on until it is set too
+        (a fault that must happen under load, however long it takes on a slow machine)."""
         shape = random.Random(7)
         tasks: list[asyncio.Task[None]] = []
-        for n in range(orders):
+        n = 0
+        while n < orders or (until is not None and not until.is_set()):
             lines = shape.sample(self.skus, shape.randint(1, 3))
             body = {
                 "customer_id": f"C{shape.randint(1, 50)}",
@@ -69,6 +72,7 @@ class Load:
             )
             tasks.append(asyncio.create_task(self.place(client, str(uuid4()), body, cancel_after)))
             await asyncio.sleep(1 / rate)
+            n += 1
         await asyncio.gather(*tasks)
 
     async def place(
