@@ -93,15 +93,10 @@ async def sent_behind_a_held_insert(
     """An order of `held` sent, its insert waiting on the product's row lock; `sends` started
     while it waits, until all of them wait for that insert to end; then the lock let go. The
     futures of `sends`, in their order."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT FROM products WHERE sku = $1 FOR UPDATE", held)
+    async with product_locked(pool, held):
         first = asyncio.ensure_future(api.post("/orders", json=body(held)))
         await wait_until(
-            lambda: pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO idempotency_keys%'"
-                "  AND datname = current_database()"
-            ),
+            lambda: sessions_waiting_for_a_lock(pool),
             what="the first insert to wait for the product's row lock",
         )
         later: list[asyncio.Future[T]] = [asyncio.ensure_future(send) for send in sends]
@@ -113,13 +108,9 @@ async def sent_behind_a_held_insert(
 async def queued(app: FastAPI, count: int) -> None:
     writer: store.OrderWriter = app.state.order_writer
     await wait_until(
-        lambda: _true(writer.waiting == count),
+        lambda: asyncio.sleep(0, writer.waiting == count),
         what=f"{count} orders waiting for the insert under way",
     )
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def stored(pool: asyncpg.Pool, order_id: str) -> tuple[int, int, int]:

@@ -118,8 +118,7 @@ class GroupCommit(Generic[Item, Result]):
                     await self._run_alone(item, future)
                 return
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                _succeed(future, result)
         except BaseException:
             # Cancelled (the process stops) or broken here: no caller may wait forever.
             for _, future in batch:
@@ -132,8 +131,7 @@ class GroupCommit(Generic[Item, Result]):
         except Exception as error:
             _fail(future, error)
         else:
-            if not future.done():
-                future.set_result(result)
+            _succeed(future, result)
 
 
 def room_in(
@@ -154,6 +152,12 @@ def room_in(
         return 0.0
     # Room comes once all but in_flight - 1 of the writes still going have stalled.
     return going[len(going) - in_flight] - now
+
+
+# A caller that gave up meanwhile (its future cancelled) is answered no more.
+def _succeed(future: asyncio.Future[Result], result: Result) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def _fail(future: asyncio.Future[Result], error: Exception) -> None:
