@@ -199,6 +199,40 @@ async def window_figures(pool: asyncpg.Pool, start: datetime, end: datetime) -> 
     }
 
 
+# Write-ahead log -------------------------------------------------------------------------------
+
+# What the server has written to its write-ahead log since its statistics were reset, and the
+# checkpoints it made (timed: checkpoint_timeout; requested: max_wal_size filled, or asked for).
+# The server's figures, not one database's: on a server other runs use, their writes count too.
+WAL_COUNTERS = """
+SELECT w.wal_records, w.wal_fpi, w.wal_bytes::bigint AS wal_bytes,
+       b.checkpoints_timed, b.checkpoints_req
+FROM pg_stat_wal AS w CROSS JOIN pg_stat_bgwriter AS b
+"""
+
+
+async def wal_counters(pool: asyncpg.Pool) -> dict[str, int]:
+    row = await pool.fetchrow(WAL_COUNTERS)
+    assert row is not None
+    return dict(row)
+
+
+def wal_figures(start: dict[str, int], end: dict[str, int], orders: int) -> dict[str, Any]:
+    """The WAL written between two readings, in all and per order accepted in between; the
+    full-page images are what a page's first change after a checkpoint costs."""
+    written = {name: end[name] - start[name] for name in start}
+    per_order = (lambda n: round(n / orders, 1)) if orders else (lambda n: None)
+    return {
+        "bytes": written["wal_bytes"],
+        "records": written["wal_records"],
+        "full_page_images": written["wal_fpi"],
+        "bytes_per_order": per_order(written["wal_bytes"]),
+        "full_page_images_per_order": per_order(written["wal_fpi"]),
+        "checkpoints_timed": written["checkpoints_timed"],
+        "checkpoints_requested": written["checkpoints_req"],
+    }
+
+
 # CPU -------------------------------------------------------------------------------------------
 
 # (pid, start time) -> user + system CPU seconds so far; the start time tells a reused pid apart.

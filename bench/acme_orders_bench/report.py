@@ -142,6 +142,17 @@ def summary(result: dict[str, Any]) -> str:
                 f"{cpu_per_order:.2f} ms (services, PostgreSQL and RabbitMQ together)",
             )
         )
+    wal = figures.get("wal")
+    if wal is not None:
+        rows.append(
+            (
+                "write-ahead log",
+                f"{num(wal['bytes_per_order'])} bytes and "
+                f"{num(wal['full_page_images_per_order'])} full-page images per order "
+                f"accepted; checkpoints {wal['checkpoints_requested']} requested, "
+                f"{wal['checkpoints_timed']} timed (the whole server's)",
+            )
+        )
     rows.extend(history_rows(result))
     ceilings = result.get("ceilings") or {}
     database = ceilings.get("database")

@@ -288,8 +288,10 @@ async def measure_pipeline(
             meter.begin()
             # Read at the window's edges, not at the nearest once-a-second sample.
             rss_start = measure.rss_mib(service_pids)
+            wal_start = await measure.wal_counters(pool)
             load_result = await wrk_done
             window_end = await measure.db_now(pool)
+            wal_end = await measure.wal_counters(pool)
             cpu = meter.end()
             rss_end = measure.rss_mib(service_pids)
             cpu["wrk"] = meter.exited_group("wrk", measure.children_cpu_seconds() - children_before)
@@ -317,6 +319,7 @@ async def measure_pipeline(
     unfinished = await measure.wait_until_final(pool, run_start, DRAIN_DEADLINE, waiting)
     drain_seconds = time.monotonic() - drain_started
     figures = await measure.window_figures(pool, window_start, window_end)
+    figures["wal"] = measure.wal_figures(wal_start, wal_end, figures["accepted_orders"])
     if purge is not None:
         figures["purge"] = await _purge_figures(pool, purge, window_start, window_end)
     backlog_in_window = [s.backlog for s in sampler.samples if s.at >= options.warmup]

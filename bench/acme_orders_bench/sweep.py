@@ -67,10 +67,25 @@ def step_row(step: dict[str, Any]) -> dict[str, Any]:
         "errors": sum(load["errors"].values()),
         "unfinished": figures["unfinished_orders"],
         "cpu_ms_per_order": report.cpu_ms_per_order(step.get("cpu_percent_of_one_core"), taken),
+        "wal_kb_per_order": _kb(figures.get("wal", {}).get("bytes_per_order")),
     }
 
 
-COLUMNS = ("offered", "taken/s", "accepted/s", "p50 ms", "p99 ms", "errors", "unfinished", "CPU ms")
+def _kb(count: float | None) -> float | None:
+    return None if count is None else round(count / 1000, 1)
+
+
+COLUMNS = (
+    "offered",
+    "taken/s",
+    "accepted/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "unfinished",
+    "CPU ms",
+    "WAL kB",
+)
 
 
 def table(steps: Sequence[dict[str, Any]]) -> str:
@@ -88,6 +103,7 @@ def table(steps: Sequence[dict[str, Any]]) -> str:
                 f"{row['errors']:,}",
                 f"{row['unfinished']:,}",
                 report.num(row["cpu_ms_per_order"], digits=2),
+                report.num(row["wal_kb_per_order"]),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]

@@ -53,6 +53,9 @@ async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> N
     latency = figures["latency_ms"]
     assert all(latency[p] is not None and latency[p] > 0 for p in ("p50", "p90", "p99", "max"))
     assert result["series"], "no backlog samples"
+    # Every order writes WAL; the server's counters are read at the window's edges.
+    assert figures["wal"]["bytes_per_order"] > 0
+    assert figures["wal"]["records"] > 0
     assert result["machine"]["postgresql_settings"]["synchronous_commit"] == "on"
     assert result["cpu_percent_of_one_core"]["api"] > 0
     assert "RSS, MiB" in run.stdout

@@ -22,6 +22,7 @@ def step(offered: float | None, taken: float, p50: float, p99: float) -> dict[st
             "accepted_per_second": taken,
             "latency_ms": {"p50": p50, "p90": p99, "p99": p99, "max": p99},
             "unfinished_orders": 0,
+            "wal": {"bytes_per_order": 10_450.0},
         },
         "load": {"sent_per_second": taken + 1, "errors": {"status": 2, "timeout": 1}},
         "cpu_percent_of_one_core": {"api": 50.0, "postgresql": 50.0, "wrk": 10.0, "machine": 120},
@@ -58,10 +59,12 @@ def test_sweep_table_has_a_line_per_step_with_its_figures() -> None:
 
     assert lines[0].split() == [
         "offered", "taken/s", "accepted/s", "p50", "ms", "p99", "ms", "errors", "unfinished",
-        "CPU", "ms",
+        "CPU", "ms", "WAL", "kB",
     ]  # fmt: skip
     # CPU per order: services and servers (100 % of one core = 1 s/s) over the taken rate.
-    assert lines[1].split() == ["100/s", "100.0", "100.0", "9.5", "25.0", "3", "0", "10.00"]
+    assert lines[1].split() == [
+        "100/s", "100.0", "100.0", "9.5", "25.0", "3", "0", "10.00", "10.4",
+    ]  # fmt: skip
     assert lines[2].split()[:5] == ["500/s", "468.0", "468.0", "40.0", "146.0"]
     assert lines[3].split()[:3] == ["flat", "out", "630"]
 
