@@ -34,6 +34,7 @@ from acme_orders.notification import email as email_module
 from acme_orders.order_api import store
 from acme_orders.payment import charge
 from acme_orders_bench import broker_load
+from acme_orders_bench.keys import uuid7_sql
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ def bound(statement: str, *values: str) -> str:
 
 def _order_uuid(kind: str, order: str) -> str:
     """The UUID of one of the batch's orders (or of one of its events: `kind`), `order` being a
-    SQL expression of its number in the batch, 1 to B: from pgbench's random :seed, the same
+    SQL expression of its number in the batch, 1 to B: a UUIDv7 of the transaction's start, as
+    the system's ids are time-ordered, its other bits from pgbench's random :seed, the same
     wherever a statement names it (pgbench has no uuid variables). CAST: pgbench passes its
     variables as parameters of unknown type (--protocol=prepared)."""
-    return f"CAST(md5(CAST(:seed AS text) || '-{kind}-' || ({order})) AS uuid)"
+    return uuid7_sql("now()", f"CAST(:seed AS text) || '-{kind}-' || ({order})")
 
 
 def _per_order(expression: str, batch: int, per_line: str | None = None) -> str:

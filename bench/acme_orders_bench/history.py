@@ -42,6 +42,7 @@ from acme_orders.core.events import (
 )
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import consumers_of
+from acme_orders_bench.keys import uuid7_sql
 
 HISTORY_BATCH = 100_000
 # Every this-many-th order of the history ended payment_failed, the others paid.
@@ -87,16 +88,17 @@ CREATE TEMPORARY TABLE history_events (
 ) ON COMMIT DELETE ROWS;
 """
 # Orders $1..$2 of $3, placed evenly over the $4 before now, the oldest first; every $5-th one
-# ended payment_failed.
+# ended payment_failed. Their ids are UUIDv7 of the moment each was placed, as the API's are.
 FILL_ORDERS = f"""
 INSERT INTO history_orders (g, id, customer_id, email, status, created_at)
 SELECT g,
-       md5('acme-history-order-' || g)::uuid,
+       {uuid7_sql("placed", "'acme-history-order-' || g")},
        'H' || (g % {CUSTOMERS}),
        'h' || (g % {CUSTOMERS}) || '@example.com',
        CASE WHEN g % $5 = 0 THEN 'payment_failed' ELSE 'paid' END,
-       now() - $4::interval * (($3 - g + 1)::float8 / $3)
+       placed
 FROM generate_series($1::bigint, $2::bigint) AS g
+CROSS JOIN LATERAL (SELECT now() - $4::interval * (($3 - g + 1)::float8 / $3) AS placed) AS t
 """
 # 1 to 3 consecutive SKUs of the sorted catalogue (wrapping round), all of the same qty of 1 to 3.
 FILL_LINES = """
@@ -119,14 +121,16 @@ GROUP BY order_id
 """
 # The temporary tables' statistics, so that the inserts join them by hash, not by a nested loop.
 ANALYZE_BATCH_TABLES = "ANALYZE history_orders, history_lines, history_totals, history_events"
-# $1..$4: LIFE as arrays (status, event_type, routing_key, ms after placing).
-FILL_EVENTS = """
+# $1..$4: LIFE as arrays (status, event_type, routing_key, ms after placing). Each event's id is
+# a UUIDv7 of the moment it was written.
+FILL_EVENTS = f"""
 INSERT INTO history_events (g, order_id, event_id, event_type, routing_key, at)
-SELECT o.g, o.id, md5('acme-history-' || life.event_type || '-' || o.g)::uuid,
-       life.event_type, life.routing_key, o.created_at + life.ms * interval '1 ms'
+SELECT o.g, o.id, {uuid7_sql("e.at", "'acme-history-' || life.event_type || '-' || o.g")},
+       life.event_type, life.routing_key, e.at
 FROM history_orders AS o
 JOIN unnest($1::text[], $2::text[], $3::text[], $4::int[])
     AS life (status, event_type, routing_key, ms) ON life.status = o.status
+CROSS JOIN LATERAL (SELECT o.created_at + life.ms * interval '1 ms' AS at) AS e
 """
 INSERT_ORDERS = """
 INSERT INTO orders (id, customer_id, email, status, total, created_at, updated_at)

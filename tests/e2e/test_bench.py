@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,19 @@ async def test_history_prefill_leaves_what_finished_orders_leave(
     assert row["sent_past_retention"] == 0
     assert row["keys_past_retention"] == 0
     assert 0 < row["keys"] < 2000
+    # The ids are UUIDv7 of the moment each order was placed and each event written (to the
+    # millisecond), as the system makes them: the history's indexes are ordered as a real one's.
+    ids = await fresh_pool.fetch(
+        """
+        SELECT id, created_at FROM orders
+        UNION ALL SELECT event_id, created_at FROM event_outbox
+        """
+    )
+    assert {r["id"].version for r in ids} == {7}
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert all(
+        r["id"].int >> 80 == (r["created_at"] - epoch) // timedelta(milliseconds=1) for r in ids
+    )
     # Every SENT event of the outbox was handled once by every consumer its routing key reaches,
     # and each order's life is whole: paid 3 events, payment_failed 4.
     sent = await fresh_pool.fetch(

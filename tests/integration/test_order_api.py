@@ -95,6 +95,9 @@ async def test_place_order_stores_order_items_and_event_together(
     payload = json.loads(event["payload"])
     assert payload["order_id"] == order["id"]
     assert payload["version"] == 1
+    # Time-ordered ids (core/ids.py), so that the indexes they key grow at one end.
+    assert UUID(order["id"]).version == 7
+    assert UUID(payload["event_id"]).version == 7
     assert {(i["sku"], i["qty"]) for i in payload["items"]} == {(sku, 2), (other, 1)}
     # Placing an order reserves nothing yet: that is the inventory's job.
     assert await stock_of(pool, sku) == 10

@@ -11,9 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal, TypeVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from acme_orders.core.ids import new_id
 
 EXCHANGE = "acme.events"
 
@@ -68,7 +70,7 @@ class Event(BaseModel):
 
     routing_key: ClassVar[str]
 
-    event_id: UUID = Field(default_factory=uuid4)
+    event_id: UUID = Field(default_factory=new_id)
     event_type: str
     occurred_at: AwareDatetime = Field(default_factory=_now)
     order_id: UUID

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import asyncpg
 from acme_orders.core.cancellation import cancel_orders
 from acme_orders.core.database import Connection, is_transient
 from acme_orders.core.events import OrderLine, OrderPlaced
+from acme_orders.core.ids import new_id
 from acme_orders.core.observability import tracing
 from acme_orders.core.observability.metrics import API_ORDERS_PER_INSERT
 from acme_orders.core.orders import CANCELLABLE_STATUSES, CancelReason, OrderStatus
@@ -258,7 +258,7 @@ async def _prepare(
         OrderLine(sku=line.sku, qty=line.qty, unit_price=prices[line.sku]) for line in lines_in
     )
     event = OrderPlaced(
-        order_id=uuid.uuid4(),
+        order_id=new_id(),
         customer_id=request.customer_id,
         email=request.email,
         items=lines,
