@@ -34,7 +34,7 @@ from acme_orders.notification import email as email_module
 from acme_orders.order_api import store
 from acme_orders.payment import charge
 from acme_orders_bench import broker_load
-from acme_orders_bench.keys import uuid7_sql
+from acme_orders_bench.keys import unix_ms, uuid7_sql
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +81,13 @@ def bound(statement: str, *values: str) -> str:
 
 def _order_uuid(kind: str, order: str) -> str:
     """The UUID of one of the batch's orders (or of one of its events: `kind`), `order` being a
-    SQL expression of its number in the batch, 1 to B: a UUIDv7 of the transaction's start, as
-    the system's ids are time-ordered, its other bits from pgbench's random :seed, the same
-    wherever a statement names it (pgbench has no uuid variables). CAST: pgbench passes its
-    variables as parameters of unknown type (--protocol=prepared)."""
-    return uuid7_sql("now()", f"CAST(:seed AS text) || '-{kind}-' || ({order})")
+    SQL expression of its number in the batch, 1 to B: a UUIDv7 of the moment the batch was
+    placed (:placed_ms), as the system's ids are time-ordered, its other bits from pgbench's
+    random :seed, the same wherever a statement names it (pgbench has no uuid variables). CAST:
+    pgbench passes its variables as parameters of unknown type (--protocol=prepared)."""
+    return uuid7_sql(
+        "CAST(:placed_ms AS bigint)", f"CAST(:seed AS text) || '-{kind}-' || ({order})"
+    )
 
 
 def _per_order(expression: str, batch: int, per_line: str | None = None) -> str:
@@ -210,6 +212,8 @@ def pgbench_script(skus: list[str], batch: int = 1, claim_limit: int = 500) -> s
 \\set qty random(1, 3)
 \\set cust random(1, 100000)
 \\set seed random(1, 9223372036854775806)
+-- the moment the batch is placed, the time of its ids: pgbench has no clock of its own
+SELECT {unix_ms("clock_timestamp()")} AS placed_ms \\gset
 -- API: the orders, their lines at current prices, their OrderPlaced, in one statement and commit
 {place_orders}
 -- inventory: reserve every line of the batch's orders, their InventoryReserved

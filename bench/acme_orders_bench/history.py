@@ -42,7 +42,7 @@ from acme_orders.core.events import (
 )
 from acme_orders.core.settings import Settings
 from acme_orders.core.topology import consumers_of
-from acme_orders_bench.keys import uuid7_sql
+from acme_orders_bench.keys import unix_ms, uuid7_sql
 
 HISTORY_BATCH = 100_000
 # Every this-many-th order of the history ended payment_failed, the others paid.
@@ -92,7 +92,7 @@ CREATE TEMPORARY TABLE history_events (
 FILL_ORDERS = f"""
 INSERT INTO history_orders (g, id, customer_id, email, status, created_at)
 SELECT g,
-       {uuid7_sql("placed", "'acme-history-order-' || g")},
+       {uuid7_sql(unix_ms("placed"), "'acme-history-order-' || g")},
        'H' || (g % {CUSTOMERS}),
        'h' || (g % {CUSTOMERS}) || '@example.com',
        CASE WHEN g % $5 = 0 THEN 'payment_failed' ELSE 'paid' END,
@@ -125,7 +125,7 @@ ANALYZE_BATCH_TABLES = "ANALYZE history_orders, history_lines, history_totals, h
 # a UUIDv7 of the moment it was written.
 FILL_EVENTS = f"""
 INSERT INTO history_events (g, order_id, event_id, event_type, routing_key, at)
-SELECT o.g, o.id, {uuid7_sql("e.at", "'acme-history-' || life.event_type || '-' || o.g")},
+SELECT o.g, o.id, {uuid7_sql(unix_ms("e.at"), "'acme-history-' || life.event_type || '-' || o.g")},
        life.event_type, life.routing_key, e.at
 FROM history_orders AS o
 JOIN unnest($1::text[], $2::text[], $3::text[], $4::int[])
