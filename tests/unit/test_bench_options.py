@@ -84,7 +84,7 @@ def test_a_sweep_on_history_and_a_purge_on_history_are_accepted() -> None:
 
 def test_connections_grow_with_the_rate() -> None:
     assert load.default_connections(50) == 8
-    assert load.default_connections(1000) == 40
+    assert load.default_connections(1000) == 100
     assert load.default_connections(None) == 32
 
 
@@ -92,7 +92,7 @@ def test_pgbench_script_has_no_stray_variables() -> None:
     """pgbench reads any ":word" as a variable: only the script's own may appear."""
     script = ceilings.pgbench_script(["A-1", "B-2", "C-3"], batch=4)
     used = set(re.findall(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", script))
-    assert used == {"lo", "hi", "qty", "cust", "seed"}
+    assert used == {"lo", "hi", "qty", "cust", "seed", "placed_ms"}
 
 
 def normalised(statement: str) -> str:
