@@ -245,7 +245,8 @@ def process_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 "machine",
                 f"{machine.get('cores')} cores, load average {load[0]} at start, RabbitMQ "
-                f"busy-wait {machine.get('rabbitmq_busy_wait') or 'unknown'}",
+                f"busy-wait {machine.get('rabbitmq_busy_wait') or 'unknown'}, speed "
+                f"{num(machine.get('python_loop_seconds'), ' s', 3)} (a fixed loop)",
             )
         )
     cpu = result.get("cpu_percent_of_one_core") or {}

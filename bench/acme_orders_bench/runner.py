@@ -175,6 +175,23 @@ def _rabbitmq_busy_wait() -> str | None:
     return None
 
 
+# The machine's speed as one figure: the seconds a fixed Python loop takes, the best of a few
+# tries. The VM's host shares its cores: the same work took four times as long in one session as
+# in another, and this says which kind of session a run was made in.
+SPEED_LOOP = 2_000_000
+SPEED_TRIES = 5
+
+
+def python_loop_seconds() -> float:
+    """Seconds of sum(i * i for i in range(SPEED_LOOP)), the best of SPEED_TRIES."""
+    best = float("inf")
+    for _ in range(SPEED_TRIES):
+        started = time.perf_counter()
+        sum(i * i for i in range(SPEED_LOOP))
+        best = min(best, time.perf_counter() - started)
+    return round(best, 4)
+
+
 async def machine(pool: asyncpg.Pool, rabbitmq_url: str) -> dict[str, Any]:
     """What the figures were measured on, durability settings included."""
     server: dict[str, str] = {
@@ -200,6 +217,7 @@ async def machine(pool: asyncpg.Pool, rabbitmq_url: str) -> dict[str, Any]:
         "memory_gib": round(memory / 2**30, 1),
         "kernel": platform.release(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python_loop_seconds": await asyncio.to_thread(python_loop_seconds),
         "python": platform.python_version(),
         "postgresql": server.pop("server_version", None),
         "postgresql_settings": server,

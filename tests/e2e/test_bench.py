@@ -58,6 +58,7 @@ async def test_bench_measures_a_fresh_system_and_removes_it(tmp_path: Path) -> N
     assert figures["wal"]["bytes_per_order"] > 0
     assert figures["wal"]["records"] > 0
     assert result["machine"]["postgresql_settings"]["synchronous_commit"] == "on"
+    assert result["machine"]["python_loop_seconds"] > 0
     assert result["cpu_percent_of_one_core"]["api"] > 0
     assert "RSS, MiB" in run.stdout
     assert set(result["rss_mib"]) == {"api", "publisher", "inventory", "payment", "notification"}
