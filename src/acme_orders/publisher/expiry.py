@@ -46,11 +46,13 @@ ON CONFLICT (singleton) DO NOTHING
 """
 # The orders placed after the position and at least $3 ago, oldest first: every status, so that
 # the position moves past the final ones too. A row comparison on orders_created_at_idx's
-# columns: one index range scan.
+# columns and the cutoff: one index range scan between them. now() (the pass's start), not
+# clock_timestamp(), which as a volatile function cannot bound the scan: it would read on
+# through every order of the last $3 on each pass.
 DUE_ORDERS = """
 SELECT id, created_at, status FROM orders
 WHERE (created_at, id) > ($1::timestamptz, $2::uuid)
-  AND created_at <= clock_timestamp() - $3::interval
+  AND created_at <= now() - $3::interval
 ORDER BY created_at, id
 LIMIT $4
 """
