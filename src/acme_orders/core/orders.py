@@ -72,7 +72,7 @@ WHERE o.id = new.id
 
 # The orders placed within $1, by status. now(), not clock_timestamp(): a volatile function
 # cannot bound an index scan, and with it PostgreSQL read the whole table, every 15 s in the
-# publisher, a second or more each time on 5 million orders.
+# publisher (2.4 GB read from outside shared_buffers in 50 s, on 5 million orders).
 RECENT_ORDERS_BY_STATUS = """
 SELECT status, count(*) AS n FROM orders
 WHERE created_at > now() - $1::interval
